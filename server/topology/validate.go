@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
@@ -37,6 +38,10 @@ func (e *Error) Error() string {
 	}
 	return strings.Join(parts, "; ")
 }
+
+// MaxObjectSize is the largest encoded cluster or node accepted, well under
+// etcd's request limit.
+const MaxObjectSize = 256 << 10
 
 // Limits on values, beyond which a setting is surely a mistake.
 const (
@@ -76,6 +81,9 @@ func ValidateCluster(c *halov1.Cluster) error {
 	if c == nil {
 		v.add("cluster", "required")
 		return v.err()
+	}
+	if size := proto.Size(c); size > MaxObjectSize {
+		v.add("cluster", "is %d bytes encoded, more than the limit of %d", size, MaxObjectSize)
 	}
 	if f := unknownFields("cluster", c.ProtoReflect()); f != "" {
 		v.add(f, "has fields this server does not know; upgrade halo-server before using them")
@@ -313,15 +321,14 @@ func ValidateNode(n *halov1.Node) error {
 		v.add("node", "required")
 		return v.err()
 	}
+	if size := proto.Size(n); size > MaxObjectSize {
+		v.add("node", "is %d bytes encoded, more than the limit of %d", size, MaxObjectSize)
+	}
 	if f := unknownFields("node", n.ProtoReflect()); f != "" {
 		v.add(f, "has fields this server does not know; upgrade halo-server before using them")
 	}
 	v.check("node.cluster", checkDNSLabel(n.GetCluster()))
-	if n.GetName() == "" {
-		v.add("node.name", "must not be empty")
-	} else {
-		v.check("node.name", checkDNSName(n.GetName(), false))
-	}
+	v.nodeName("node.name", n.GetName())
 	if len(n.GetRoles()) == 0 {
 		v.add("node.roles", "needs at least one role (ROLE_CONTROL_PLANE, ROLE_ETCD, ROLE_WORKER, ROLE_LOAD_BALANCER)")
 	}
@@ -436,4 +443,28 @@ func sameIP(a, b string) bool {
 	x, err1 := netip.ParseAddr(a)
 	y, err2 := netip.ParseAddr(b)
 	return err1 == nil && err2 == nil && x == y
+}
+
+func (v *violations) nodeName(field, name string) {
+	if name == "" {
+		v.add(field, "must not be empty")
+		return
+	}
+	v.check(field, checkDNSName(name, false))
+}
+
+// ValidateClusterName checks a cluster name given in a request; field names
+// it in the error.
+func ValidateClusterName(field, name string) error {
+	var v violations
+	v.check(field, checkDNSLabel(name))
+	return v.err()
+}
+
+// ValidateNodeName checks a node name given in a request; field names it in
+// the error.
+func ValidateNodeName(field, name string) error {
+	var v violations
+	v.nodeName(field, name)
+	return v.err()
 }

@@ -1,0 +1,171 @@
+package server
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/halolb/halo/server/store"
+)
+
+// Defaults of Config.
+const (
+	DefaultListenAddress   = "127.0.0.1:18000"
+	DefaultDataDir         = "halo-data"
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultEtcdDialTimeout = 5 * time.Second
+	DefaultHealthInterval  = 2 * time.Second
+)
+
+// Config configures a halo-server. The zero value is the quick start:
+// plaintext gRPC on 127.0.0.1:18000, an embedded etcd in ./halo-data.
+type Config struct {
+	// ListenAddress is where gRPC (admin API, health, reflection) listens.
+	// Default DefaultListenAddress. A non-loopback address needs TLS.
+	ListenAddress string
+	// Listener, if set, is used instead of ListenAddress (tests pass one
+	// bound to 127.0.0.1:0). Run closes it.
+	Listener net.Listener
+	// TLSCertFile and TLSKeyFile turn on server TLS. Both or neither.
+	TLSCertFile, TLSKeyFile string
+
+	// DataDir holds the embedded etcd when EtcdEndpoints is empty.
+	// Default DefaultDataDir.
+	DataDir string
+	// EtcdEndpoints are the client URLs of an external etcd cluster. Empty:
+	// run an embedded single-member etcd in DataDir.
+	EtcdEndpoints []string
+	// EtcdCAFile, EtcdCertFile and EtcdKeyFile configure TLS to the external
+	// etcd: the CA to verify it, and a client certificate (both or neither).
+	EtcdCAFile, EtcdCertFile, EtcdKeyFile string
+	// EtcdPrefix is put before every key. Default store.DefaultPrefix.
+	EtcdPrefix string
+	// EtcdDialTimeout bounds the first connection to etcd. Default
+	// DefaultEtcdDialTimeout.
+	EtcdDialTimeout time.Duration
+	// EtcdRequestTimeout bounds each etcd request. Default
+	// store.DefaultRequestTimeout.
+	EtcdRequestTimeout time.Duration
+	// EtcdUnsafeNoFsync turns fsync off in the embedded etcd: tests only.
+	EtcdUnsafeNoFsync bool
+
+	// MetricsAddress is where Prometheus metrics are served (/metrics).
+	// Empty: no metrics listener (unless MetricsListener is set).
+	MetricsAddress string
+	// MetricsListener, if set, is used instead of MetricsAddress.
+	MetricsListener net.Listener
+	// DisableReflection turns gRPC server reflection off.
+	DisableReflection bool
+	// HealthInterval is how often etcd's availability is checked for the
+	// gRPC health service. Default DefaultHealthInterval.
+	HealthInterval time.Duration
+	// ShutdownTimeout bounds the graceful stop; then connections are cut.
+	// Default DefaultShutdownTimeout.
+	ShutdownTimeout time.Duration
+	// Logger receives every log. Nil: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults fills every unset field with its default.
+func (c Config) withDefaults() Config {
+	if c.ListenAddress == "" {
+		c.ListenAddress = DefaultListenAddress
+	}
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir
+	}
+	if c.EtcdPrefix == "" {
+		c.EtcdPrefix = store.DefaultPrefix
+	}
+	if c.EtcdDialTimeout == 0 {
+		c.EtcdDialTimeout = DefaultEtcdDialTimeout
+	}
+	if c.EtcdRequestTimeout == 0 {
+		c.EtcdRequestTimeout = store.DefaultRequestTimeout
+	}
+	if c.HealthInterval == 0 {
+		c.HealthInterval = DefaultHealthInterval
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return c
+}
+
+// Validate checks the configuration (with defaults applied) and names the
+// bad setting by its flag.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return errors.New("--tls-cert and --tls-key go together: give both or neither")
+	}
+	addr := c.ListenAddress
+	if c.Listener != nil {
+		addr = c.Listener.Addr().String()
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return fmt.Errorf("--listen %q is not host:port: %w", addr, err)
+	}
+	if c.TLSCertFile == "" && !IsLoopback(addr) {
+		return fmt.Errorf("--listen %s is not a loopback address, and plaintext is allowed only on loopback: "+
+			"anyone who reaches this port could rewrite the cluster's apiserver endpoints. "+
+			"Give --tls-cert and --tls-key, or listen on 127.0.0.1", addr)
+	}
+	if !strings.HasSuffix(c.EtcdPrefix, "/") {
+		return fmt.Errorf("--etcd-prefix %q must end in /", c.EtcdPrefix)
+	}
+	if (c.EtcdCertFile == "") != (c.EtcdKeyFile == "") {
+		return errors.New("--etcd-cert and --etcd-key go together: give both or neither")
+	}
+	if len(c.EtcdEndpoints) == 0 && (c.EtcdCAFile != "" || c.EtcdCertFile != "") {
+		return errors.New("--etcd-cacert, --etcd-cert and --etcd-key configure an external etcd: give --etcd-endpoints too")
+	}
+	for _, ep := range c.EtcdEndpoints {
+		if ep == "" {
+			return errors.New("--etcd-endpoints has an empty element")
+		}
+	}
+	for name, d := range map[string]time.Duration{
+		"--etcd-dial-timeout": c.EtcdDialTimeout, "--etcd-request-timeout": c.EtcdRequestTimeout,
+		"--shutdown-timeout": c.ShutdownTimeout, "health interval": c.HealthInterval,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%s %v is negative", name, d)
+		}
+	}
+	return nil
+}
+
+// IsLoopback reports whether a host:port names a loopback address
+// (127.0.0.0/8, ::1 or "localhost"). An empty host means every address.
+func IsLoopback(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.IsLoopback()
+}
+
+// loadTLS loads the server certificate.
+func (c Config) loadTLS() (*tls.Config, error) {
+	if c.TLSCertFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
