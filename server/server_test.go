@@ -16,8 +16,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -402,10 +402,22 @@ func TestBadInputChangesNothing(t *testing.T) {
 			return err
 		}, codes.Aborted, ""},
 		{"no roles", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = nil })); return err }, codes.InvalidArgument, "node.roles"},
-		{"unknown role", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{7} })); return err }, codes.InvalidArgument, "node.roles[0]"},
-		{"repeated role", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{wk, wk} })); return err }, codes.InvalidArgument, "node.roles[1]"},
-		{"bad IPv4", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Ip = "10.0.0.256" })); return err }, codes.InvalidArgument, "node.ip"},
-		{"bad IPv6", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.AccessIp = "2001:db8::g" })); return err }, codes.InvalidArgument, "node.access_ip"},
+		{"unknown role", func() error {
+			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{7} }))
+			return err
+		}, codes.InvalidArgument, "node.roles[0]"},
+		{"repeated role", func() error {
+			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{wk, wk} }))
+			return err
+		}, codes.InvalidArgument, "node.roles[1]"},
+		{"bad IPv4", func() error {
+			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Ip = "10.0.0.256" }))
+			return err
+		}, codes.InvalidArgument, "node.ip"},
+		{"bad IPv6", func() error {
+			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.AccessIp = "2001:db8::g" }))
+			return err
+		}, codes.InvalidArgument, "node.access_ip"},
 		{"duplicate master ordinal", func() error {
 			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{cp}; n.Ordinal = 1 }))
 			return err
@@ -421,7 +433,10 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := tc.DeleteNode(ctx, &halov1.DeleteNodeRequest{Cluster: "prod", Name: "worker-1", ExpectedRevision: 1})
 			return err
 		}, codes.Aborted, ""},
-		{"get with a bad name", func() error { _, err := tc.GetNode(ctx, &halov1.GetNodeRequest{Cluster: "prod", Name: "a/b"}); return err }, codes.InvalidArgument, "name"},
+		{"get with a bad name", func() error {
+			_, err := tc.GetNode(ctx, &halov1.GetNodeRequest{Cluster: "prod", Name: "a/b"})
+			return err
+		}, codes.InvalidArgument, "name"},
 		{"resolve an unknown node", func() error {
 			_, err := ec.ResolveEndpoints(ctx, &halov1.ResolveEndpointsRequest{Cluster: "prod", Node: "nope"})
 			return err

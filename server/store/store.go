@@ -109,8 +109,8 @@ func New(cfg Config) (*Store, error) {
 
 // Keys: <prefix>clusters/<cluster> and <prefix>nodes/<cluster>/<node>.
 // Names cannot hold '/', which validation guarantees.
-func (s *Store) clusterKey(name string) string    { return s.prefix + "clusters/" + name }
-func (s *Store) clustersPrefix() string           { return s.prefix + "clusters/" }
+func (s *Store) clusterKey(name string) string     { return s.prefix + "clusters/" + name }
+func (s *Store) clustersPrefix() string            { return s.prefix + "clusters/" }
 func (s *Store) nodesPrefix(cluster string) string { return s.prefix + "nodes/" + cluster + "/" }
 func (s *Store) nodeKey(cluster, name string) string {
 	return s.nodesPrefix(cluster) + name
