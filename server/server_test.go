@@ -12,9 +12,12 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -22,6 +25,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -445,6 +449,17 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := ec.ResolveEndpoints(ctx, &halov1.ResolveEndpointsRequest{Node: "worker-1"})
 			return err
 		}, codes.InvalidArgument, "cluster"},
+		{"malformed protobuf", func() error {
+			var out []byte
+			// Field 1 (cluster) claims 100 bytes and carries 2.
+			return srv.Conn.Invoke(ctx, "/halo.v1.TopologyService/PutCluster", []byte{0x0a, 100, 1, 2}, &out, grpc.ForceCodec(rawCodec{}))
+		}, codes.Internal, ""},
+		{"fields from a newer schema", func() error {
+			c := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{}}
+			c.Apiserver.ProtoReflect().SetUnknown(protowire.AppendVarint(protowire.AppendTag(nil, 99, protowire.VarintType), 1))
+			_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: c})
+			return err
+		}, codes.InvalidArgument, "cluster.apiserver"},
 		{"watch from a negative revision", func() error {
 			s, err := tc.Watch(ctx, &halov1.WatchRequest{FromRevision: -3})
 			if err != nil {
@@ -564,4 +579,198 @@ func waitHealth(t *testing.T, hc healthpb.HealthClient, svc string, want healthp
 			return
 		}
 	}
+}
+
+// rawCodec sends bytes as they are, to put malformed messages on the wire.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) ([]byte, error)      { return v.([]byte), nil }
+func (rawCodec) Unmarshal(data []byte, v any) error { *(v.(*[]byte)) = data; return nil }
+func (rawCodec) Name() string                       { return "proto" }
+
+// dial opens a plaintext client connection of the test's own.
+func dial(t *testing.T, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestRestartKeepsTopology stops a server and starts another on the same
+// data directory: everything is there, with the same revisions.
+func TestRestartKeepsTopology(t *testing.T) {
+	dir := t.TempDir()
+	srv := servertest.New(t, func(c *server.Config) { c.DataDir = dir })
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	ctx := ctxT(t)
+	seed(t, tc)
+	before, err := tc.ListNodes(ctx, &halov1.ListNodesRequest{Cluster: "prod"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+
+	srv = servertest.New(t, func(c *server.Config) { c.DataDir = dir })
+	tc = halov1.NewTopologyServiceClient(srv.Conn)
+	after, err := tc.ListNodes(ctx, &halov1.ListNodesRequest{Cluster: "prod"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(before.GetNodes(), after.GetNodes(), protocmp.Transform()); diff != "" {
+		t.Errorf("nodes changed across a restart (-before +after):\n%s", diff)
+	}
+}
+
+// TestReplicasShareExternalEtcd runs two servers on one external etcd: a
+// write through one is read through the other; a server with another
+// prefix sees nothing of it.
+func TestReplicasShareExternalEtcd(t *testing.T) {
+	etcd := servertest.NewEtcd(t)
+	a := servertest.New(t, servertest.WithEtcd(etcd))
+	b := servertest.New(t, servertest.WithEtcd(etcd))
+	other := servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.EtcdPrefix = "/other/" })
+	ctx := ctxT(t)
+	seed(t, halov1.NewTopologyServiceClient(a.Conn))
+	n, err := halov1.NewTopologyServiceClient(b.Conn).GetNode(ctx, &halov1.GetNodeRequest{Cluster: "prod", Name: "master-3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.GetIp() != "10.0.0.3" {
+		t.Fatalf("replica b read %v", n)
+	}
+	list, err := halov1.NewTopologyServiceClient(other.Conn).ListClusters(ctx, &halov1.ListClustersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.GetClusters()) != 0 {
+		t.Fatalf("prefix /other/ sees %v", list.GetClusters())
+	}
+}
+
+// TestEtcdDownAndBack takes the external etcd away: health turns
+// NOT_SERVING and writes fail with UNAVAILABLE (and write nothing); when
+// etcd returns, health turns SERVING and writes work again.
+func TestEtcdDownAndBack(t *testing.T) {
+	etcd := servertest.NewEtcd(t)
+	srv := servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.EtcdRequestTimeout = time.Second })
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	hc := healthpb.NewHealthClient(srv.Conn)
+	ctx := ctxT(t)
+	seed(t, tc)
+	waitHealth(t, hc, "", healthpb.HealthCheckResponse_SERVING)
+
+	etcd.Stop()
+	waitHealth(t, hc, "", healthpb.HealthCheckResponse_NOT_SERVING)
+	_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "during-outage"}})
+	wantCode(t, err, codes.Unavailable)
+
+	etcd.Start()
+	waitHealth(t, hc, "", healthpb.HealthCheckResponse_SERVING)
+	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "after-outage"}}); err != nil {
+		t.Fatal(err)
+	}
+	list, err := tc.ListClusters(ctx, &halov1.ListClustersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range list.GetClusters() {
+		names = append(names, c.GetName())
+	}
+	if !slices.Equal(names, []string{"after-outage", "prod"}) {
+		t.Fatalf("clusters %v: the write during the outage must not be stored", names)
+	}
+}
+
+// TestConcurrentClusterAndNodeWritesStayValid races a cluster update that
+// drops the managed external LB against adding a load-balancer node (which
+// needs it). Whatever the interleaving, the stored topology must stay valid:
+// never an LB node in a cluster without an external LB.
+func TestConcurrentClusterAndNodeWritesStayValid(t *testing.T) {
+	srv := servertest.New(t)
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	ctx := ctxT(t)
+	withVIP := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{ExternalLb: &halov1.ExternalLB{Address: "10.0.0.100"}}}
+	noVIP := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{LocalhostLb: proto.Bool(false)}}
+	for i := range 20 {
+		if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: withVIP}); err != nil {
+			t.Fatal(err)
+		}
+		lbNode := newNode("prod", fmt.Sprintf("lb-%d", i), fmt.Sprintf("10.0.2.%d", i+1), 0, lb)
+		var wg sync.WaitGroup
+		var clusterErr, nodeErr error
+		wg.Go(func() { _, clusterErr = tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: noVIP}) })
+		wg.Go(func() { _, nodeErr = tc.PutNode(ctx, &halov1.PutNodeRequest{Node: lbNode}) })
+		wg.Wait()
+		c, err := tc.GetCluster(ctx, &halov1.GetClusterRequest{Name: "prod"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes, err := tc.ListNodes(ctx, &halov1.ListNodesRequest{Cluster: "prod"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.GetApiserver().GetExternalLb() == nil && len(nodes.GetNodes()) > 0 {
+			t.Fatalf("round %d: LB nodes %d stored in a cluster without external LB (cluster err %v, node err %v)",
+				i, len(nodes.GetNodes()), clusterErr, nodeErr)
+		}
+		if clusterErr == nil && nodeErr == nil {
+			t.Fatalf("round %d: both conflicting writes succeeded", i)
+		}
+		// Reset: drop the LB nodes so that the next round starts alike.
+		for _, n := range nodes.GetNodes() {
+			if _, err := tc.DeleteNode(ctx, &halov1.DeleteNodeRequest{Cluster: "prod", Name: n.GetName()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// TestUniqueValuesFollowNodes: an ip or master ordinal is free again once
+// its node moves off it, stops being a master, or is deleted.
+func TestUniqueValuesFollowNodes(t *testing.T) {
+	srv := servertest.New(t)
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	ctx := ctxT(t)
+	seed(t, tc)
+	put := func(n *halov1.Node) error {
+		_, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n})
+		return err
+	}
+	// worker-1 moves from 10.0.1.1 to 10.0.1.100: 10.0.1.1 is free, .100 is not.
+	if err := put(newNode("prod", "worker-1", "10.0.1.100", 0, wk)); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(newNode("prod", "worker-3", "10.0.1.1", 0, wk)); err != nil {
+		t.Fatalf("the old ip is still taken: %v", err)
+	}
+	wantCode(t, put(newNode("prod", "worker-4", "10.0.1.100", 0, wk)), codes.InvalidArgument)
+	// master-1 (ordinal 0) becomes a worker: ordinal 0 is free for a new master.
+	if err := put(newNode("prod", "master-1", "10.0.0.1", 0, et)); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(newNode("prod", "master-4", "10.0.0.4", 0, cp)); err != nil {
+		t.Fatalf("ordinal 0 is still taken: %v", err)
+	}
+	// Deleting a node frees both.
+	if _, err := tc.DeleteNode(ctx, &halov1.DeleteNodeRequest{Cluster: "prod", Name: "master-4"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := put(newNode("prod", "master-5", "10.0.0.4", 0, cp)); err != nil {
+		t.Fatalf("after delete: %v", err)
+	}
+	// One write that takes two values held by others names both.
+	err := put(newNode("prod", "master-6", "10.0.0.2", 0, cp))
+	st := wantCode(t, err, codes.InvalidArgument)
+	if !strings.Contains(st.Message(), "node.ip") || !strings.Contains(st.Message(), "node.ordinal") {
+		t.Errorf("message %q should name ip and ordinal", st.Message())
+	}
+	// A forced delete takes the index with it: the cluster can be rebuilt.
+	if _, err := tc.DeleteCluster(ctx, &halov1.DeleteClusterRequest{Name: "prod", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	seed(t, tc)
 }

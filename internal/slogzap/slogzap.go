@@ -19,6 +19,9 @@ type Options struct {
 	InfoAsDebug bool
 	// Attrs are added to every entry, e.g. slog.String("component", "etcd").
 	Attrs []slog.Attr
+	// Level, if set, may change an entry's level (after InfoAsDebug), e.g.
+	// to quieten messages that are expected at shutdown.
+	Level func(e zapcore.Entry, l slog.Level) slog.Level
 }
 
 // New returns a zap logger that writes to h.
@@ -26,19 +29,27 @@ func New(h slog.Handler, opts Options) *zap.Logger {
 	if len(opts.Attrs) > 0 {
 		h = h.WithAttrs(opts.Attrs)
 	}
-	return zap.New(&core{h: h, infoAsDebug: opts.InfoAsDebug})
+	return zap.New(&core{h: h, opts: opts})
 }
 
 type core struct {
-	h           slog.Handler
-	infoAsDebug bool
+	h    slog.Handler
+	opts Options
+}
+
+func (c *core) entryLevel(e zapcore.Entry) slog.Level {
+	l := c.level(e.Level)
+	if c.opts.Level != nil {
+		l = c.opts.Level(e, l)
+	}
+	return l
 }
 
 func (c *core) level(l zapcore.Level) slog.Level {
 	switch {
 	case l < zapcore.InfoLevel:
 		return slog.LevelDebug
-	case l == zapcore.InfoLevel && c.infoAsDebug:
+	case l == zapcore.InfoLevel && c.opts.InfoAsDebug:
 		return slog.LevelDebug
 	case l == zapcore.InfoLevel:
 		return slog.LevelInfo
@@ -48,23 +59,28 @@ func (c *core) level(l zapcore.Level) slog.Level {
 	return slog.LevelError
 }
 
+// Enabled asks about the level before any Level hook: a hook may lower an
+// entry's level, so the entry must reach Check to be judged.
 func (c *core) Enabled(l zapcore.Level) bool {
+	if c.opts.Level != nil {
+		return true
+	}
 	return c.h.Enabled(context.Background(), c.level(l))
 }
 
 func (c *core) With(fields []zapcore.Field) zapcore.Core {
-	return &core{h: c.h.WithAttrs(attrs(fields)), infoAsDebug: c.infoAsDebug}
+	return &core{h: c.h.WithAttrs(attrs(fields)), opts: c.opts}
 }
 
 func (c *core) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
-	if c.Enabled(e.Level) {
+	if c.h.Enabled(context.Background(), c.entryLevel(e)) {
 		return ce.AddCore(e, c)
 	}
 	return ce
 }
 
 func (c *core) Write(e zapcore.Entry, fields []zapcore.Field) error {
-	r := slog.NewRecord(e.Time, c.level(e.Level), e.Message, 0)
+	r := slog.NewRecord(e.Time, c.entryLevel(e), e.Message, 0)
 	if e.LoggerName != "" {
 		r.AddAttrs(slog.String("logger", e.LoggerName))
 	}

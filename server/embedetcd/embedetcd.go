@@ -13,9 +13,11 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/halolb/halo/internal/slogzap"
 )
@@ -40,6 +42,7 @@ type Config struct {
 type Etcd struct {
 	e        *embed.Etcd
 	endpoint string
+	closing  *atomic.Bool
 }
 
 // socketName is the client socket's file name inside Dir.
@@ -89,9 +92,19 @@ func Start(ctx context.Context, cfg Config) (_ *Etcd, err error) {
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.Logger = "zap"
+	closing := &atomic.Bool{}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(slogzap.New(cfg.Logger.Handler(), slogzap.Options{
 		InfoAsDebug: true,
 		Attrs:       []slog.Attr{slog.String("component", "etcd")},
+		Level: func(e zapcore.Entry, l slog.Level) slog.Level {
+			// While halo stops etcd, etcd reports its listeners closing as
+			// errors; and two start-up warnings do not apply to a member
+			// that serves one local halo-server over a unix socket.
+			if closing.Load() || quietMessages[e.Message] {
+				return slog.LevelDebug
+			}
+			return l
+		},
 	}))
 	// Under 2 s, so that losing the (only) member is noticed quickly, and
 	// well above the tick for a single member.
@@ -120,7 +133,13 @@ func Start(ctx context.Context, cfg Config) (_ *Etcd, err error) {
 	case <-ctx.Done():
 		return nil, fmt.Errorf("embedetcd: start: %w", ctx.Err())
 	}
-	return &Etcd{e: e, endpoint: client.String()}, nil
+	return &Etcd{e: e, endpoint: client.String(), closing: closing}, nil
+}
+
+// quietMessages are etcd warnings that say nothing to a halo operator.
+var quietMessages = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed": true,
 }
 
 // Endpoint is the client URL to give an etcd client (unix:///…/etcd.sock).
@@ -131,6 +150,7 @@ func (e *Etcd) Err() <-chan error { return e.e.Err() }
 
 // Close stops etcd and waits until it has stopped.
 func (e *Etcd) Close() {
+	e.closing.Store(true)
 	e.e.Close()
 	<-e.e.Server.StopNotify()
 }

@@ -107,13 +107,42 @@ func New(cfg Config) (*Store, error) {
 	return &Store{client: cfg.Client, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, log: cfg.Logger}, nil
 }
 
-// Keys: <prefix>clusters/<cluster> and <prefix>nodes/<cluster>/<node>.
-// Names cannot hold '/', which validation guarantees.
+// Keys, under the prefix (names cannot hold '/', which validation
+// guarantees):
+//
+//	clusters/<cluster>                  a Cluster
+//	nodes/<cluster>/<node>              a Node
+//	index/<cluster>/ip/<ip>             the node holding that ip
+//	index/<cluster>/master-ordinal/<n>  the master holding that ordinal
+//	index/<cluster>/load-balancer/<node>
+//
+// The index keys let a node write check uniqueness and commit by comparing
+// a few keys, instead of reading (and racing with) every node of the
+// cluster, so that nodes can be registered in parallel.
 func (s *Store) clusterKey(name string) string     { return s.prefix + "clusters/" + name }
 func (s *Store) clustersPrefix() string            { return s.prefix + "clusters/" }
 func (s *Store) nodesPrefix(cluster string) string { return s.prefix + "nodes/" + cluster + "/" }
 func (s *Store) nodeKey(cluster, name string) string {
 	return s.nodesPrefix(cluster) + name
+}
+func (s *Store) indexPrefix(cluster string) string { return s.prefix + "index/" + cluster + "/" }
+func (s *Store) lbIndexPrefix(cluster string) string {
+	return s.indexPrefix(cluster) + "load-balancer/"
+}
+func (s *Store) uniqueKey(cluster string, u topology.UniqueValue) string {
+	return s.indexPrefix(cluster) + u.Kind + "/" + u.Value
+}
+
+// indexKeys are the index keys a stored node owns.
+func (s *Store) indexKeys(n *halov1.Node) []string {
+	var keys []string
+	for _, u := range topology.UniqueValues(n) {
+		keys = append(keys, s.uniqueKey(n.GetCluster(), u))
+	}
+	if topology.HasRole(n, halov1.Role_ROLE_LOAD_BALANCER) {
+		keys = append(keys, s.lbIndexPrefix(n.GetCluster())+n.GetName())
+	}
+	return keys
 }
 
 // Prefix returns the key prefix the store writes under.
@@ -270,11 +299,19 @@ func (s *Store) PutCluster(ctx context.Context, c *halov1.Cluster, expected int6
 		if err := topology.ValidateClusterNodes(c, nodes); err != nil {
 			return nil, err
 		}
-		wr, err := s.commit(ctx, "put "+what, []clientv3.Cmp{
+		cmps := []clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(key), "=", stored),
-			// No node changed since the read, so the cluster was checked against what is stored.
-			clientv3.Compare(clientv3.ModRevision(s.nodesPrefix(c.GetName())).WithPrefix(), "<", resp.Header.Revision+1),
-		}, []clientv3.Op{clientv3.OpPut(key, val)})
+			// The cluster was checked against the stored load-balancer
+			// nodes: none has joined since (its index key would be newer)
+			// and none has changed.
+			clientv3.Compare(clientv3.ModRevision(s.lbIndexPrefix(c.GetName())).WithPrefix(), "<", resp.Header.Revision+1),
+		}
+		for _, n := range nodes {
+			if topology.HasRole(n, halov1.Role_ROLE_LOAD_BALANCER) {
+				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.nodeKey(c.GetName(), n.GetName())), "=", n.GetRevision()))
+			}
+		}
+		wr, err := s.commit(ctx, "put "+what, cmps, []clientv3.Op{clientv3.OpPut(key, val)})
 		if err != nil {
 			return nil, err
 		}
@@ -358,6 +395,7 @@ func (s *Store) DeleteCluster(ctx context.Context, name string, force bool, expe
 		}, []clientv3.Op{
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(s.nodesPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(s.indexPrefix(name), clientv3.WithPrefix()),
 		})
 		if err != nil {
 			return 0, 0, err
@@ -378,9 +416,9 @@ func summarize(names []string) string {
 	return strings.Join(names, ", ")
 }
 
-// PutNode validates and stores n, checked against its cluster and the
-// cluster's other nodes (see PutNodeRequest for expected). It returns the
-// stored node with its revision.
+// PutNode validates and stores n, checked against its cluster and, through
+// the index keys, against the values other nodes hold (see PutNodeRequest
+// for expected). It returns the stored node with its revision.
 func (s *Store) PutNode(ctx context.Context, n *halov1.Node, expected int64) (*halov1.Node, error) {
 	if err := topology.ValidateNode(n); err != nil {
 		return nil, err
@@ -393,10 +431,13 @@ func (s *Store) PutNode(ctx context.Context, n *halov1.Node, expected int64) (*h
 	}
 	ckey, nkey := s.clusterKey(n.GetCluster()), s.nodeKey(n.GetCluster(), n.GetName())
 	what := fmt.Sprintf("node %q of cluster %q", n.GetName(), n.GetCluster())
+	uniques := topology.UniqueValues(n)
+	reads := []clientv3.Op{clientv3.OpGet(ckey), clientv3.OpGet(nkey)}
+	for _, u := range uniques {
+		reads = append(reads, clientv3.OpGet(s.uniqueKey(n.GetCluster(), u)))
+	}
 	for range maxAttempts {
-		resp, err := s.read(ctx, "put "+what,
-			clientv3.OpGet(ckey),
-			clientv3.OpGet(s.nodesPrefix(n.GetCluster()), clientv3.WithPrefix()))
+		resp, err := s.read(ctx, "put "+what, reads...)
 		if err != nil {
 			return nil, err
 		}
@@ -408,25 +449,51 @@ func (s *Store) PutNode(ctx context.Context, n *halov1.Node, expected int64) (*h
 		if err != nil {
 			return nil, err
 		}
-		others, err := decodeNodes(resp.Responses[1].GetResponseRange().GetKvs())
-		if err != nil {
+		var old *halov1.Node
+		if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
+			if old, err = decodeNode(kvs[0]); err != nil {
+				return nil, err
+			}
+		}
+		if err := checkExpected(what, expected, old.GetRevision()); err != nil {
 			return nil, err
 		}
-		var stored int64
-		if i := slices.IndexFunc(others, func(o *halov1.Node) bool { return o.GetName() == n.GetName() }); i >= 0 {
-			stored = others[i].GetRevision()
-		}
-		if err := checkExpected(what, expected, stored); err != nil {
+		if err := topology.ValidateNodeInCluster(c, n); err != nil {
 			return nil, err
 		}
-		if err := topology.ValidateNodeInCluster(c, n, others); err != nil {
-			return nil, err
-		}
-		wr, err := s.commit(ctx, "put "+what, []clientv3.Cmp{
+		cmps := []clientv3.Cmp{
 			clientv3.Compare(clientv3.ModRevision(ckey), "=", c.GetRevision()),
-			clientv3.Compare(clientv3.ModRevision(nkey), "=", stored),
-			clientv3.Compare(clientv3.ModRevision(s.nodesPrefix(n.GetCluster())).WithPrefix(), "<", resp.Header.Revision+1),
-		}, []clientv3.Op{clientv3.OpPut(nkey, val)})
+			clientv3.Compare(clientv3.ModRevision(nkey), "=", old.GetRevision()),
+		}
+		var conflicts topology.Error
+		for i, u := range uniques {
+			var mod int64
+			if kvs := resp.Responses[2+i].GetResponseRange().GetKvs(); len(kvs) > 0 {
+				if owner := string(kvs[0].Value); owner != n.GetName() {
+					var verr *topology.Error
+					errors.As(u.Conflict(owner), &verr)
+					conflicts.Violations = append(conflicts.Violations, verr.Violations...)
+				}
+				mod = kvs[0].ModRevision
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.uniqueKey(n.GetCluster(), u)), "=", mod))
+		}
+		if len(conflicts.Violations) > 0 {
+			return nil, &conflicts
+		}
+		then := []clientv3.Op{clientv3.OpPut(nkey, val)}
+		keys := s.indexKeys(n)
+		for _, k := range keys {
+			then = append(then, clientv3.OpPut(k, n.GetName()))
+		}
+		if old != nil {
+			for _, k := range s.indexKeys(old) {
+				if !slices.Contains(keys, k) {
+					then = append(then, clientv3.OpDelete(k))
+				}
+			}
+		}
+		wr, err := s.commit(ctx, "put "+what, cmps, then)
 		if err != nil {
 			return nil, err
 		}
@@ -472,27 +539,41 @@ func (s *Store) ListNodes(ctx context.Context, cluster string) ([]*halov1.Node, 
 	return nodes, resp.Header.Revision, nil
 }
 
-// DeleteNode deletes one node and returns the revision of the deletion.
+// DeleteNode deletes one node, and its index keys, and returns the
+// revision of the deletion.
 func (s *Store) DeleteNode(ctx context.Context, cluster, name string, expected int64) (int64, error) {
 	key, what := s.nodeKey(cluster, name), fmt.Sprintf("node %q of cluster %q", name, cluster)
 	if expected == -1 {
 		return 0, fmt.Errorf("store: delete %s: expected_revision -1 (create only) makes no sense for a delete: %w", what, ErrConflict)
 	}
-	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), ">", 0)}
-	if expected != 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", expected))
-	}
-	wr, err := s.commit(ctx, "delete "+what, cmps, []clientv3.Op{clientv3.OpDelete(key)}, clientv3.OpGet(key))
-	if err != nil {
-		return 0, err
-	}
-	if !wr.Succeeded {
-		kvs := wr.Responses[0].GetResponseRange().GetKvs()
+	for range maxAttempts {
+		resp, err := s.read(ctx, "delete "+what, clientv3.OpGet(key))
+		if err != nil {
+			return 0, err
+		}
+		kvs := resp.Responses[0].GetResponseRange().GetKvs()
 		if len(kvs) == 0 {
 			return 0, fmt.Errorf("store: delete %s: %w", what, ErrNotFound)
 		}
-		return 0, checkExpected(what, expected, kvs[0].ModRevision)
+		old, err := decodeNode(kvs[0])
+		if err != nil {
+			return 0, err
+		}
+		if err := checkExpected(what, expected, old.GetRevision()); err != nil {
+			return 0, err
+		}
+		then := []clientv3.Op{clientv3.OpDelete(key)}
+		for _, k := range s.indexKeys(old) {
+			then = append(then, clientv3.OpDelete(k))
+		}
+		wr, err := s.commit(ctx, "delete "+what, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", old.GetRevision())}, then)
+		if err != nil {
+			return 0, err
+		}
+		if wr.Succeeded {
+			s.log.Info("node deleted", "cluster", cluster, "node", name, "revision", wr.Header.Revision)
+			return wr.Header.Revision, nil
+		}
 	}
-	s.log.Info("node deleted", "cluster", cluster, "node", name, "revision", wr.Header.Revision)
-	return wr.Header.Revision, nil
+	return 0, fmt.Errorf("store: delete %s: concurrent writes kept changing it; try again: %w", what, ErrConflict)
 }

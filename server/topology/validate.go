@@ -7,6 +7,7 @@ import (
 	"math"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -366,12 +367,11 @@ func ValidateNode(n *halov1.Node) error {
 	return v.err()
 }
 
-// ValidateNodeInCluster checks a valid node against its valid cluster and the
-// cluster's other nodes (others must not hold an older version of n): unique
-// ordinal among masters, unique ip, a load-balancer node needs the managed
-// external LB, and no VIP/apiserver port collision. Field paths start with
-// "node.".
-func ValidateNodeInCluster(c *halov1.Cluster, n *halov1.Node, others []*halov1.Node) error {
+// ValidateNodeInCluster checks a valid node against its valid cluster: a
+// load-balancer node needs the managed external LB, and a load-balancer
+// master must not collide with the VIP's port. (Uniqueness among the
+// cluster's nodes is UniqueValues' business.) Field paths start with "node.".
+func ValidateNodeInCluster(c *halov1.Cluster, n *halov1.Node) error {
 	var v violations
 	if reason := loadBalancerRole(c, n); reason != "" {
 		v.add("node.roles", "%s", reason)
@@ -379,18 +379,39 @@ func ValidateNodeInCluster(c *halov1.Cluster, n *halov1.Node, others []*halov1.N
 	if reason := portCollision(c, n); reason != "" {
 		v.add("node.roles", "%s", reason)
 	}
-	for _, o := range others {
-		if o.GetName() == n.GetName() {
-			continue
-		}
-		if sameIP(o.GetIp(), n.GetIp()) {
-			v.add("node.ip", "%s is already the ip of node %q", n.GetIp(), o.GetName())
-		}
-		if HasRole(n, halov1.Role_ROLE_CONTROL_PLANE) && HasRole(o, halov1.Role_ROLE_CONTROL_PLANE) && o.GetOrdinal() == n.GetOrdinal() {
-			v.add("node.ordinal", "%d is already the ordinal of control-plane node %q; ordinals order the masters (m[0] has the lowest) and must be unique among them", n.GetOrdinal(), o.GetName())
-		}
-	}
 	return v.err()
+}
+
+// UniqueValue is a value that at most one node of a cluster may hold.
+type UniqueValue struct {
+	// Kind names the rule: "ip" or "master-ordinal".
+	Kind string
+	// Value is the value in canonical form.
+	Value string
+	field, what string
+}
+
+// Conflict is the validation error for a node whose value other already
+// holds.
+func (u UniqueValue) Conflict(other string) error {
+	var v violations
+	v.add(u.field, "%s is already the %s of node %q", u.Value, u.what, other)
+	return v.err()
+}
+
+// UniqueValues returns the values of a valid node that no other node of its
+// cluster may share: its ip, and a master's ordinal (which orders the
+// masters: m[0] has the lowest).
+func UniqueValues(n *halov1.Node) []UniqueValue {
+	var out []UniqueValue
+	if a, err := netip.ParseAddr(n.GetIp()); err == nil {
+		out = append(out, UniqueValue{Kind: "ip", Value: a.String(), field: "node.ip", what: "ip"})
+	}
+	if HasRole(n, halov1.Role_ROLE_CONTROL_PLANE) {
+		out = append(out, UniqueValue{Kind: "master-ordinal", Value: strconv.Itoa(int(n.GetOrdinal())), field: "node.ordinal",
+			what: "ordinal (ordinals order the masters, m[0] has the lowest, and must be unique among them)"})
+	}
+	return out
 }
 
 // ValidateClusterNodes checks a valid cluster against the nodes it already

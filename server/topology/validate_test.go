@@ -282,23 +282,13 @@ func TestValidateNodeInCluster(t *testing.T) {
 	managed := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{ExternalLb: &halov1.ExternalLB{Address: "10.0.0.100"}}}
 	managedOtherPort := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{ExternalLb: &halov1.ExternalLB{Address: "10.0.0.100", Port: 8383}}}
 	local := &halov1.Cluster{Name: "prod"}
-	m0 := &halov1.Node{Cluster: "prod", Name: "m0", Ip: "10.0.0.1", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}
-	w0 := &halov1.Node{Cluster: "prod", Name: "w0", Ip: "10.0.0.2", Ordinal: 1, Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}
-	e0 := &halov1.Node{Cluster: "prod", Name: "e0", Ip: "2001:db8::5", Roles: []halov1.Role{halov1.Role_ROLE_ETCD}}
-	others := []*halov1.Node{m0, w0, e0}
-
 	tests := []struct {
 		name  string
 		c     *halov1.Cluster
 		n     *halov1.Node
 		field string // "" for valid
 	}{
-		{"second master, own ordinal", local, &halov1.Node{Name: "m1", Ip: "10.0.0.3", Ordinal: 1, Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}, ""},
-		{"a worker may share a master's ordinal", local, &halov1.Node{Name: "w1", Ip: "10.0.0.3", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}, ""},
-		{"replacing a node keeps its own ordinal and ip", local, &halov1.Node{Name: "m0", Ip: "10.0.0.1", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE, halov1.Role_ROLE_ETCD}}, ""},
-		{"duplicate master ordinal", local, &halov1.Node{Name: "m1", Ip: "10.0.0.3", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}, "node.ordinal"},
-		{"duplicate ip", local, &halov1.Node{Name: "w1", Ip: "10.0.0.2", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}, "node.ip"},
-		{"duplicate ip, other spelling", local, &halov1.Node{Name: "w1", Ip: "2001:DB8:0:0::5", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}, "node.ip"},
+		{"a master", local, &halov1.Node{Name: "m1", Ip: "10.0.0.3", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}, ""},
 		{"load balancer without external LB", local, &halov1.Node{Name: "lb", Ip: "10.0.0.9", Roles: []halov1.Role{halov1.Role_ROLE_LOAD_BALANCER}}, "node.roles"},
 		{"load balancer with external LB", managed, &halov1.Node{Name: "lb", Ip: "10.0.0.9", Roles: []halov1.Role{halov1.Role_ROLE_LOAD_BALANCER}}, ""},
 		{"LB master, wildcard bind, lp = sp (the seed's collision)", managed, &halov1.Node{Name: "m1", Ip: "10.0.0.9", Ordinal: 1,
@@ -316,7 +306,7 @@ func TestValidateNodeInCluster(t *testing.T) {
 			if err := topology.ValidateNode(tc.n); err != nil {
 				t.Fatalf("fixture invalid: %v", err)
 			}
-			err := topology.ValidateNodeInCluster(tc.c, tc.n, others)
+			err := topology.ValidateNodeInCluster(tc.c, tc.n)
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("unexpected: %v", err)
@@ -328,6 +318,23 @@ func TestValidateNodeInCluster(t *testing.T) {
 				t.Errorf("violations %q, want exactly %q", fields, tc.field)
 			}
 		})
+	}
+}
+
+func TestUniqueValues(t *testing.T) {
+	master := &halov1.Node{Name: "m", Ip: "2001:DB8:0::1", Ordinal: 3, Roles: []halov1.Role{halov1.Role_ROLE_ETCD, halov1.Role_ROLE_CONTROL_PLANE}}
+	got := topology.UniqueValues(master)
+	if len(got) != 2 || got[0].Kind != "ip" || got[0].Value != "2001:db8::1" || got[1].Kind != "master-ordinal" || got[1].Value != "3" {
+		t.Fatalf("master: %+v", got)
+	}
+	// A worker's ordinal is free: only its ip is unique.
+	worker := &halov1.Node{Name: "w", Ip: "10.0.0.1", Ordinal: 3, Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}
+	if got := topology.UniqueValues(worker); len(got) != 1 || got[0].Value != "10.0.0.1" {
+		t.Fatalf("worker: %+v", got)
+	}
+	f := violated(t, got[1].Conflict("other-master"))
+	if len(f) != 1 || f[0] != "node.ordinal" || !strings.Contains(got[1].Conflict("other-master").Error(), `"other-master"`) {
+		t.Errorf("conflict: %v", got[1].Conflict("other-master"))
 	}
 }
 

@@ -1,0 +1,78 @@
+# halo — developer targets. `make help` lists them.
+#
+# Tools are installed with `go install` at pinned versions into ./.bin, which
+# every target puts first on PATH; nothing needs to be installed by hand.
+
+BUF_VERSION                := v1.75.0
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+GRPCURL_VERSION            := v1.9.4
+
+BIN := $(CURDIR)/.bin
+export PATH := $(BIN):$(PATH)
+export GOBIN := $(BIN)
+
+# How long each fuzz target runs in `make fuzz`.
+FUZZTIME ?= 20s
+# Which Go benchmarks `make bench` runs.
+BENCH ?= .
+
+STAMPS := $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
+          $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(BIN)/.grpcurl-$(GRPCURL_VERSION)
+
+.PHONY: help tools run test gen check-gen lint fuzz bench smoke clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+tools: $(STAMPS) ## install buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl (pinned) into .bin
+
+$(BIN)/.buf-$(BUF_VERSION):
+	go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
+	@touch $@
+$(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION):
+	go install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	@touch $@
+$(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
+	go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	@touch $@
+$(BIN)/.grpcurl-$(GRPCURL_VERSION):
+	go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@touch $@
+
+run: ## run halo-server as in the quick start (embedded etcd in ./halo-data, gRPC on 127.0.0.1:18000)
+	go run ./server/cmd/halo-server
+
+test: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run every test with the race detector (the README's test command)
+	go test -race -count=1 ./...
+
+gen: $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) ## regenerate gen/ from proto/
+	buf generate
+
+check-gen: gen ## fail if gen/ is not what the protos generate
+	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
+	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has files git does not know: run 'make gen' and commit it"; exit 1; }
+
+lint: $(BIN)/.buf-$(BUF_VERSION) ## gofmt, go vet, buf lint, and buf breaking against main
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
+	go vet ./...
+	buf lint
+	@if git rev-parse --verify -q main >/dev/null; then \
+		echo "buf breaking --against .git#branch=main"; buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch here, skipped"; fi
+
+fuzz: ## run each validator fuzz target for FUZZTIME (default 20s)
+	@for f in $$(go test -list '^Fuzz' ./server/topology/ | grep '^Fuzz'); do \
+		echo "fuzz $$f ($(FUZZTIME))"; \
+		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./server/topology/ || exit 1; \
+	done
+
+bench: ## run the Go benchmarks and the scenario benchmarks under bench/
+	go test -run '^$$' -bench '$(BENCH)' -benchmem ./...
+	go run ./bench/topology -nodes 10000
+
+smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
+	./.ci/smoke
+
+clean: ## remove installed tools and the quick start's data
+	rm -rf $(BIN) halo-data

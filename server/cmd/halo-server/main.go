@@ -1,0 +1,168 @@
+// Command halo-server is halo's control plane: it keeps the endpoint
+// topology of Kubernetes clusters in etcd and serves the admin gRPC API.
+// With no flags it runs the quick start: plaintext gRPC on 127.0.0.1:18000
+// and an embedded etcd in ./halo-data.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/halolb/halo/server"
+	"github.com/halolb/halo/server/store"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stderr))
+}
+
+const usage = `halo-server: highly available kube-apiserver and etcd endpoints, as a control plane.
+
+It stores each cluster's endpoint topology (Kubespray's HA-endpoint variables) in
+etcd and serves the admin gRPC API (halo.v1.TopologyService, EndpointService) with
+server reflection and grpc.health.v1, so grpcurl works out of the box.
+
+With no flags it runs the quick start: plaintext gRPC on 127.0.0.1:18000 and an
+embedded single-member etcd in ./halo-data. Plaintext is allowed only on loopback;
+any other --listen address needs --tls-cert and --tls-key. --etcd-endpoints uses
+an external etcd cluster instead of the embedded one.
+
+Usage:
+  halo-server [flags]
+
+Flags (each also accepts --name=value):
+`
+
+// options are what the flags set.
+type options struct {
+	cfg           server.Config
+	etcdEndpoints string
+	reflection    bool
+	logLevel      string
+	logFormat     string
+	showVersion   bool
+}
+
+// newFlagSet defines every flag of halo-server on o.
+func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("halo-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	cfg := &o.cfg
+	fs.StringVar(&cfg.ListenAddress, "listen", server.DefaultListenAddress,
+		"`host:port` of the gRPC API (admin services, health, reflection); a non-loopback address needs --tls-cert and --tls-key")
+	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate `file` for server TLS (with --tls-key)")
+	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key `file` for server TLS (with --tls-cert)")
+	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir,
+		"`directory` of the embedded etcd (used without --etcd-endpoints); its client socket is <dir>/etcd.sock")
+	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "",
+		"comma-separated client `URLs` of an external etcd cluster (e.g. https://10.0.0.1:2379,https://10.0.0.2:2379); empty: run an embedded etcd")
+	fs.StringVar(&cfg.EtcdCAFile, "etcd-cacert", "", "PEM CA `file` to verify the external etcd's certificates")
+	fs.StringVar(&cfg.EtcdCertFile, "etcd-cert", "", "PEM client certificate `file` for the external etcd (with --etcd-key)")
+	fs.StringVar(&cfg.EtcdKeyFile, "etcd-key", "", "PEM client key `file` for the external etcd (with --etcd-cert)")
+	fs.StringVar(&cfg.EtcdPrefix, "etcd-prefix", store.DefaultPrefix, "key `prefix` under which halo keeps its data in etcd; must end in /")
+	fs.DurationVar(&cfg.EtcdDialTimeout, "etcd-dial-timeout", server.DefaultEtcdDialTimeout, "how long to wait for the first etcd connection")
+	fs.DurationVar(&cfg.EtcdRequestTimeout, "etcd-request-timeout", store.DefaultRequestTimeout,
+		"how long one etcd request may take before the call fails with UNAVAILABLE")
+	fs.StringVar(&cfg.MetricsAddress, "metrics-listen", "127.0.0.1:18001", "`host:port` serving Prometheus metrics at /metrics; empty turns metrics off")
+	fs.BoolVar(&o.reflection, "reflection", true, "serve gRPC server reflection (grpcurl needs it to work without .proto files)")
+	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout,
+		"how long in-flight calls may take to finish on SIGTERM before connections are closed")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&o.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text on a terminal, else json)")
+	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	return fs
+}
+
+// run parses args, runs the server until SIGINT or SIGTERM, and returns the
+// exit code.
+func run(args []string, stderr io.Writer) int {
+	var o options
+	fs := newFlagSet(&o, stderr)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "halo-server: unexpected arguments %q; see --help\n", fs.Args())
+		return 2
+	}
+	if o.showVersion {
+		fmt.Fprintln(stderr, "halo-server", buildVersion())
+		return 0
+	}
+	cfg := o.cfg
+	cfg.DisableReflection = !o.reflection
+	if o.etcdEndpoints != "" {
+		cfg.EtcdEndpoints = strings.Split(o.etcdEndpoints, ",")
+	}
+	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
+	if err != nil {
+		fmt.Fprintf(stderr, "halo-server: %v\n", err)
+		return 2
+	}
+	cfg.Logger = logger
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		logger.Error("invalid configuration", "error", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	logger.Info("starting halo-server", "version", buildVersion())
+	if err := srv.Run(ctx); err != nil {
+		logger.Error("halo-server failed", "error", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch format {
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "auto":
+		if f, ok := w.(*os.File); ok {
+			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+				return slog.New(slog.NewTextHandler(w, opts)), nil
+			}
+		}
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want json, text or auto", format)
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
