@@ -139,7 +139,7 @@ func Start(ctx context.Context, cfg Config) (_ *Etcd, err error) {
 // quietMessages are etcd warnings that say nothing to a halo operator.
 var quietMessages = map[string]bool{
 	"Running http and grpc server on single port. This is not recommended for production.": true,
-	"simple token is not cryptographically signed": true,
+	"simple token is not cryptographically signed":                                         true,
 }
 
 // Endpoint is the client URL to give an etcd client (unix:///…/etcd.sock).

@@ -387,7 +387,7 @@ type UniqueValue struct {
 	// Kind names the rule: "ip" or "master-ordinal".
 	Kind string
 	// Value is the value in canonical form.
-	Value string
+	Value       string
 	field, what string
 }
 

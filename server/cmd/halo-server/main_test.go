@@ -355,4 +355,3 @@ func TestHelp(t *testing.T) {
 		t.Errorf("--version: %d %q", code, out.String())
 	}
 }
-
