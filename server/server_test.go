@@ -25,6 +25,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
 )
@@ -405,6 +406,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "prod", DnsDomain: "x.local"}, ExpectedRevision: 1})
 			return err
 		}, codes.Aborted, ""},
+		{"repeated supplementary address", func() error {
+			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
+				c.Apiserver = &halov1.ApiServer{SupplementaryAddresses: []string{"k8s.example.com", "k8s.example.com"}}
+			}))
+			return err
+		}, codes.InvalidArgument, "cluster.apiserver.supplementary_addresses[1]"},
+		{"repeated etcd access address", func() error {
+			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
+				c.Etcd = &halov1.Etcd{AccessAddresses: []string{"https://etcd.example.com:2379", "https://etcd.example.com:2379"}}
+			}))
+			return err
+		}, codes.InvalidArgument, "cluster.etcd.access_addresses[1]"},
 		{"no roles", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = nil })); return err }, codes.InvalidArgument, "node.roles"},
 		{"unknown role", func() error {
 			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{7} }))
@@ -773,4 +786,48 @@ func TestUniqueValuesFollowNodes(t *testing.T) {
 		t.Fatal(err)
 	}
 	seed(t, tc)
+}
+
+// TestExternalEtcdOverTLS: with --etcd-cacert/--etcd-cert/--etcd-key a
+// server uses an etcd that requires client certificates; without a
+// certificate, with one from another CA, or trusting another CA, it is not
+// let in: health stays NOT_SERVING and calls fail with UNAVAILABLE.
+func TestExternalEtcdOverTLS(t *testing.T) {
+	etcd := servertest.NewEtcdTLS(t)
+	srv := servertest.New(t, servertest.WithEtcd(etcd))
+	seed(t, halov1.NewTopologyServiceClient(srv.Conn))
+	waitHealth(t, healthpb.NewHealthClient(srv.Conn), "", healthpb.HealthCheckResponse_SERVING)
+
+	dir := t.TempDir()
+	other, err := pki.NewCA("other-ca", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCA, err := other.WriteCertFile(dir, "other-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := other.Issue(pki.Request{CommonName: "intruder", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreignCert, foreignKey, err := foreign.WriteFiles(dir, "intruder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, mod := range map[string]func(c *server.Config){
+		"no client certificate":              func(c *server.Config) { c.EtcdCertFile, c.EtcdKeyFile = "", "" },
+		"a client certificate of another CA": func(c *server.Config) { c.EtcdCertFile, c.EtcdKeyFile = foreignCert, foreignKey },
+		"trusting another CA":                func(c *server.Config) { c.EtcdCAFile = otherCA },
+	} {
+		t.Run(name, func(t *testing.T) {
+			bad := servertest.New(t, servertest.WithEtcd(etcd), mod, func(c *server.Config) { c.EtcdRequestTimeout = time.Second })
+			_, err := halov1.NewTopologyServiceClient(bad.Conn).ListClusters(ctxT(t), &halov1.ListClustersRequest{})
+			wantCode(t, err, codes.Unavailable)
+			resp, err := healthpb.NewHealthClient(bad.Conn).Check(ctxT(t), &healthpb.HealthCheckRequest{})
+			if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
+				t.Errorf("health %v %v, want NOT_SERVING", resp.GetStatus(), err)
+			}
+		})
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap/zapcore"
 
@@ -36,6 +37,20 @@ type Config struct {
 	// auto-compaction). Zero: 1 hour. Watches that fall further behind must
 	// relist.
 	CompactionRetention time.Duration
+	// TLS, if set, serves clients over TLS (a unixs:// endpoint; clients
+	// verify the server certificate against the name "etcd.sock").
+	TLS *TLS
+}
+
+// TLS configures the client listener's TLS.
+type TLS struct {
+	// CertFile and KeyFile are the server certificate and key.
+	CertFile, KeyFile string
+	// TrustedCAFile verifies client certificates.
+	TrustedCAFile string
+	// ClientCertAuth requires every client to present a certificate signed
+	// by TrustedCAFile.
+	ClientCertAuth bool
 }
 
 // Etcd is a running embedded etcd.
@@ -78,6 +93,9 @@ func Start(ctx context.Context, cfg Config) (_ *Etcd, err error) {
 	// none, as a single member never dials itself. The advertised peer URL
 	// only names the member.
 	client := url.URL{Scheme: "unix", Path: sock}
+	if cfg.TLS != nil {
+		client.Scheme = "unixs"
+	}
 	peer := url.URL{Scheme: "http", Host: "localhost:2380"}
 
 	ec := embed.NewConfig()
@@ -89,6 +107,9 @@ func Start(ctx context.Context, cfg Config) (_ *Etcd, err error) {
 	ec.AdvertisePeerUrls = []url.URL{peer}
 	ec.InitialCluster = ec.InitialClusterFromName(ec.Name)
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
+	if t := cfg.TLS; t != nil {
+		ec.ClientTLSInfo = transport.TLSInfo{CertFile: t.CertFile, KeyFile: t.KeyFile, TrustedCAFile: t.TrustedCAFile, ClientCertAuth: t.ClientCertAuth}
+	}
 	ec.AutoCompactionMode = embed.CompactorModePeriodic
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.Logger = "zap"
@@ -142,7 +163,8 @@ var quietMessages = map[string]bool{
 	"simple token is not cryptographically signed":                                         true,
 }
 
-// Endpoint is the client URL to give an etcd client (unix:///…/etcd.sock).
+// Endpoint is the client URL to give an etcd client (unix:///…/etcd.sock,
+// or unixs:// with TLS).
 func (e *Etcd) Endpoint() string { return e.endpoint }
 
 // Err reports a fatal error of a running etcd.

@@ -8,7 +8,7 @@ package servertest
 
 import (
 	"context"
-	"fmt"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"os"
@@ -16,10 +16,12 @@ import (
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/internal/slogzap"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/embedetcd"
@@ -174,9 +176,15 @@ func Logger(t testing.TB) *slog.Logger {
 // EtcdClient returns an etcd client of endpoints, closed when the test ends.
 func EtcdClient(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
+	return etcdClient(t, nil, endpoints...)
+}
+
+func etcdClient(t testing.TB, tc *tls.Config, endpoints ...string) *clientv3.Client {
+	t.Helper()
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
+		TLS:         tc,
 		Logger:      slogzap.New(Logger(t).Handler(), slogzap.Options{InfoAsDebug: true}),
 	})
 	if err != nil {
@@ -194,9 +202,24 @@ type Etcd struct {
 	// Client is a client of it.
 	Client *clientv3.Client
 
-	t   testing.TB
-	dir string
-	e   *embedetcd.Etcd
+	// TLS is set for an etcd that requires TLS client certificates.
+	TLS *EtcdTLS
+
+	t      testing.TB
+	dir    string
+	e      *embedetcd.Etcd
+	srvTLS *embedetcd.TLS
+}
+
+// EtcdTLS is the PKI of an etcd started by NewEtcdTLS: files a halo-server
+// is configured with.
+type EtcdTLS struct {
+	// CAFile verifies the etcd server (and signed the client certificate).
+	CAFile string
+	// ClientCertFile and ClientKeyFile are a client certificate it accepts.
+	ClientCertFile, ClientKeyFile string
+	// CA issues more certificates, e.g. from another CA for negative tests.
+	CA *pki.CA
 }
 
 // NewEtcd starts an embedded etcd in a temporary directory, stopped when the
@@ -209,19 +232,64 @@ func NewEtcd(t testing.TB) *Etcd {
 	return e
 }
 
+// NewEtcdTLS starts an embedded etcd that serves TLS and requires client
+// certificates from its own CA; e.TLS names the files a client needs.
+func NewEtcdTLS(t testing.TB) *Etcd {
+	t.Helper()
+	dir := t.TempDir()
+	ca, err := pki.NewCA("etcd-ca", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteCertFile(dir, "etcd-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// etcd's client names a unix socket's server by the socket's file name.
+	srv, err := ca.Issue(pki.Request{CommonName: "etcd", DNSNames: []string{"etcd.sock"}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srvCert, srvKey, err := srv.WriteFiles(dir, "etcd-server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ca.Issue(pki.Request{CommonName: "halo-server", Client: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliCert, cliKey, err := cli.WriteFiles(dir, "etcd-client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &Etcd{t: t, dir: filepath.Join(dir, "etcd"),
+		TLS:    &EtcdTLS{CAFile: caFile, ClientCertFile: cliCert, ClientKeyFile: cliKey, CA: ca},
+		srvTLS: &embedetcd.TLS{CertFile: srvCert, KeyFile: srvKey, TrustedCAFile: caFile, ClientCertAuth: true}}
+	e.Start()
+	t.Cleanup(e.Stop)
+	return e
+}
+
 // Start (re)starts the etcd on its data directory.
 func (e *Etcd) Start() {
 	e.t.Helper()
 	if e.e != nil {
 		return
 	}
-	ee, err := embedetcd.Start(context.Background(), embedetcd.Config{Dir: e.dir, UnsafeNoFsync: true, Logger: Logger(e.t)})
+	ee, err := embedetcd.Start(context.Background(), embedetcd.Config{Dir: e.dir, UnsafeNoFsync: true, Logger: Logger(e.t), TLS: e.srvTLS})
 	if err != nil {
 		e.t.Fatalf("servertest: %v", err)
 	}
 	e.e, e.Endpoint = ee, ee.Endpoint()
 	if e.Client == nil {
-		e.Client = EtcdClient(e.t, e.Endpoint)
+		var tc *tls.Config
+		if e.TLS != nil {
+			info := transport.TLSInfo{CertFile: e.TLS.ClientCertFile, KeyFile: e.TLS.ClientKeyFile, TrustedCAFile: e.TLS.CAFile}
+			if tc, err = info.ClientConfig(); err != nil {
+				e.t.Fatal(err)
+			}
+		}
+		e.Client = etcdClient(e.t, tc, e.Endpoint)
 	}
 }
 
@@ -233,10 +301,13 @@ func (e *Etcd) Stop() {
 	}
 }
 
-// WithEtcd points a server at e instead of an embedded etcd of its own.
+// WithEtcd points a server at e instead of an embedded etcd of its own,
+// with e's client certificate if it requires one.
 func WithEtcd(e *Etcd) Option {
-	return func(c *server.Config) { c.EtcdEndpoints = []string{e.Endpoint} }
+	return func(c *server.Config) {
+		c.EtcdEndpoints = []string{e.Endpoint}
+		if e.TLS != nil {
+			c.EtcdCAFile, c.EtcdCertFile, c.EtcdKeyFile = e.TLS.CAFile, e.TLS.ClientCertFile, e.TLS.ClientKeyFile
+		}
+	}
 }
-
-// String describes the server for test logs.
-func (s *Server) String() string { return fmt.Sprintf("halo-server %s", s.Addr) }

@@ -1,15 +1,8 @@
 package topology_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"math"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/server/topology"
 )
 
@@ -42,20 +36,14 @@ func violated(t *testing.T, err error) []string {
 
 func dur(d time.Duration) *durationpb.Duration { return durationpb.New(d) }
 
-// testCA returns a freshly made self-signed CA certificate in PEM.
+// testCA returns a freshly made CA certificate in PEM.
 func testCA(t *testing.T) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := pki.NewCA("halo-test-ca", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "halo-test-ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return string(ca.CertPEM)
 }
 
 func TestValidateClusterGood(t *testing.T) {
