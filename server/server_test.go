@@ -341,15 +341,22 @@ func TestBadInputChangesNothing(t *testing.T) {
 	}
 	before := etcdState(t, srv.Etcd)
 
-	cluster := func(f func(c *halov1.Cluster)) *halov1.PutClusterRequest {
-		c := &halov1.Cluster{Name: "prod"}
-		f(c)
-		return &halov1.PutClusterRequest{Cluster: c}
+	// putCluster and putNode change a valid cluster or node and put it.
+	putCluster := func(f func(c *halov1.Cluster)) func() error {
+		return func() error {
+			c := &halov1.Cluster{Name: "prod"}
+			f(c)
+			_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: c})
+			return err
+		}
 	}
-	node := func(f func(n *halov1.Node)) *halov1.PutNodeRequest {
-		n := newNode("prod", "worker-9", "10.0.1.9", 0, wk)
-		f(n)
-		return &halov1.PutNodeRequest{Node: n}
+	putNode := func(f func(n *halov1.Node)) func() error {
+		return func() error {
+			n := newNode("prod", "worker-9", "10.0.1.9", 0, wk)
+			f(n)
+			_, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n})
+			return err
+		}
 	}
 	cases := []struct {
 		name  string
@@ -358,42 +365,18 @@ func TestBadInputChangesNothing(t *testing.T) {
 		field string
 	}{
 		{"no cluster", func() error { _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{}); return err }, codes.InvalidArgument, "cluster"},
-		{"bad cluster name", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.Name = "Prod!" }))
-			return err
-		}, codes.InvalidArgument, "cluster.name"},
-		{"out-of-range port", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{Port: 65536} }))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.port"},
-		{"bad bind IP", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{BindAddress: "1.2.3"} }))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.bind_address"},
-		{"bad DNS name", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.LbDomainName = "lb_1.example.com" }))
-			return err
-		}, codes.InvalidArgument, "cluster.lb_domain_name"},
-		{"bad URL", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{UnmanagedLbUrl: "ftp://x"} }))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.unmanaged_lb_url"},
-		{"bad CIDR", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) { c.ServiceCidr = "10.233.0.1/18" }))
-			return err
-		}, codes.InvalidArgument, "cluster.service_cidr"},
-		{"bad duration", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
-				c.Apiserver = &halov1.ApiServer{HealthCheck: &halov1.HealthCheck{Timeout: durationpb.New(-time.Second)}}
-			}))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.health_check.timeout"},
-		{"a fifth load-balancer mode", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
-				c.Apiserver = &halov1.ApiServer{LocalhostLb: proto.Bool(true), ExternalLb: &halov1.ExternalLB{Address: "10.0.0.100"}}
-			}))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.localhost_lb"},
+		{"bad cluster name", putCluster(func(c *halov1.Cluster) { c.Name = "Prod!" }), codes.InvalidArgument, "cluster.name"},
+		{"out-of-range port", putCluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{Port: 65536} }), codes.InvalidArgument, "cluster.apiserver.port"},
+		{"bad bind IP", putCluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{BindAddress: "1.2.3"} }), codes.InvalidArgument, "cluster.apiserver.bind_address"},
+		{"bad DNS name", putCluster(func(c *halov1.Cluster) { c.LbDomainName = "lb_1.example.com" }), codes.InvalidArgument, "cluster.lb_domain_name"},
+		{"bad URL", putCluster(func(c *halov1.Cluster) { c.Apiserver = &halov1.ApiServer{UnmanagedLbUrl: "ftp://x"} }), codes.InvalidArgument, "cluster.apiserver.unmanaged_lb_url"},
+		{"bad CIDR", putCluster(func(c *halov1.Cluster) { c.ServiceCidr = "10.233.0.1/18" }), codes.InvalidArgument, "cluster.service_cidr"},
+		{"bad duration", putCluster(func(c *halov1.Cluster) {
+			c.Apiserver = &halov1.ApiServer{HealthCheck: &halov1.HealthCheck{Timeout: durationpb.New(-time.Second)}}
+		}), codes.InvalidArgument, "cluster.apiserver.health_check.timeout"},
+		{"a fifth load-balancer mode", putCluster(func(c *halov1.Cluster) {
+			c.Apiserver = &halov1.ApiServer{LocalhostLb: proto.Bool(true), ExternalLb: &halov1.ExternalLB{Address: "10.0.0.100"}}
+		}), codes.InvalidArgument, "cluster.apiserver.localhost_lb"},
 		{"cluster update that breaks a load-balancer node", func() error {
 			_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "vip"}})
 			return err
@@ -406,41 +389,20 @@ func TestBadInputChangesNothing(t *testing.T) {
 			_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "prod", DnsDomain: "x.local"}, ExpectedRevision: 1})
 			return err
 		}, codes.Aborted, ""},
-		{"repeated supplementary address", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
-				c.Apiserver = &halov1.ApiServer{SupplementaryAddresses: []string{"k8s.example.com", "k8s.example.com"}}
-			}))
-			return err
-		}, codes.InvalidArgument, "cluster.apiserver.supplementary_addresses[1]"},
-		{"repeated etcd access address", func() error {
-			_, err := tc.PutCluster(ctx, cluster(func(c *halov1.Cluster) {
-				c.Etcd = &halov1.Etcd{AccessAddresses: []string{"https://etcd.example.com:2379", "https://etcd.example.com:2379"}}
-			}))
-			return err
-		}, codes.InvalidArgument, "cluster.etcd.access_addresses[1]"},
-		{"no roles", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = nil })); return err }, codes.InvalidArgument, "node.roles"},
-		{"unknown role", func() error {
-			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{7} }))
-			return err
-		}, codes.InvalidArgument, "node.roles[0]"},
-		{"repeated role", func() error {
-			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{wk, wk} }))
-			return err
-		}, codes.InvalidArgument, "node.roles[1]"},
-		{"bad IPv4", func() error {
-			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Ip = "10.0.0.256" }))
-			return err
-		}, codes.InvalidArgument, "node.ip"},
-		{"bad IPv6", func() error {
-			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.AccessIp = "2001:db8::g" }))
-			return err
-		}, codes.InvalidArgument, "node.access_ip"},
-		{"duplicate master ordinal", func() error {
-			_, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Roles = []halov1.Role{cp}; n.Ordinal = 1 }))
-			return err
-		}, codes.InvalidArgument, "node.ordinal"},
-		{"duplicate ip", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Ip = "10.0.0.1" })); return err }, codes.InvalidArgument, "node.ip"},
-		{"unknown cluster", func() error { _, err := tc.PutNode(ctx, node(func(n *halov1.Node) { n.Cluster = "nope" })); return err }, codes.FailedPrecondition, ""},
+		{"repeated supplementary address", putCluster(func(c *halov1.Cluster) {
+			c.Apiserver = &halov1.ApiServer{SupplementaryAddresses: []string{"k8s.example.com", "k8s.example.com"}}
+		}), codes.InvalidArgument, "cluster.apiserver.supplementary_addresses[1]"},
+		{"repeated etcd access address", putCluster(func(c *halov1.Cluster) {
+			c.Etcd = &halov1.Etcd{AccessAddresses: []string{"https://etcd.example.com:2379", "https://etcd.example.com:2379"}}
+		}), codes.InvalidArgument, "cluster.etcd.access_addresses[1]"},
+		{"no roles", putNode(func(n *halov1.Node) { n.Roles = nil }), codes.InvalidArgument, "node.roles"},
+		{"unknown role", putNode(func(n *halov1.Node) { n.Roles = []halov1.Role{7} }), codes.InvalidArgument, "node.roles[0]"},
+		{"repeated role", putNode(func(n *halov1.Node) { n.Roles = []halov1.Role{wk, wk} }), codes.InvalidArgument, "node.roles[1]"},
+		{"bad IPv4", putNode(func(n *halov1.Node) { n.Ip = "10.0.0.256" }), codes.InvalidArgument, "node.ip"},
+		{"bad IPv6", putNode(func(n *halov1.Node) { n.AccessIp = "2001:db8::g" }), codes.InvalidArgument, "node.access_ip"},
+		{"duplicate master ordinal", putNode(func(n *halov1.Node) { n.Roles = []halov1.Role{cp}; n.Ordinal = 1 }), codes.InvalidArgument, "node.ordinal"},
+		{"duplicate ip", putNode(func(n *halov1.Node) { n.Ip = "10.0.0.1" }), codes.InvalidArgument, "node.ip"},
+		{"unknown cluster", putNode(func(n *halov1.Node) { n.Cluster = "nope" }), codes.FailedPrecondition, ""},
 		{"delete cluster with nodes", func() error { _, err := tc.DeleteCluster(ctx, &halov1.DeleteClusterRequest{Name: "prod"}); return err }, codes.FailedPrecondition, ""},
 		{"delete unknown node", func() error {
 			_, err := tc.DeleteNode(ctx, &halov1.DeleteNodeRequest{Cluster: "prod", Name: "nope"})
