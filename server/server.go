@@ -143,7 +143,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 
 	registry := prometheus.NewRegistry()
-	grpcMetrics := grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram())
+	// Namespaced: the embedded etcd registers its own grpc_server_* metrics
+	// in the default registry, which /metrics serves too.
+	grpcMetrics := grpcprom.NewServerMetrics(
+		grpcprom.WithServerCounterOptions(grpcprom.WithNamespace("halo")),
+		grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramNamespace("halo")))
 	registry.MustRegister(grpcMetrics)
 	opts := []grpc.ServerOption{
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),

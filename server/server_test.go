@@ -3,6 +3,8 @@ package server_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -791,5 +793,34 @@ func TestExternalEtcdOverTLS(t *testing.T) {
 				t.Errorf("health %v %v, want NOT_SERVING", resp.GetStatus(), err)
 			}
 		})
+	}
+}
+
+// TestMetrics: /metrics serves halo's gRPC metrics, the embedded etcd's and
+// Go's, without name clashes between them (which fail the whole scrape).
+func TestMetrics(t *testing.T) {
+	lis := servertest.Listen(t)
+	srv := servertest.New(t, func(c *server.Config) { c.MetricsListener = lis })
+	if _, err := halov1.NewTopologyServiceClient(srv.Conn).ListClusters(ctxT(t), &halov1.ListClustersRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + srv.Server().MetricsAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`halo_grpc_server_handled_total{grpc_code="OK",grpc_method="ListClusters",grpc_service="halo.v1.TopologyService",grpc_type="unary"} 1`,
+		"halo_grpc_server_handling_seconds_bucket",
+		"etcd_server_has_leader",
+		"go_goroutines",
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q:\n%.2000s", want, body)
+		}
 	}
 }
