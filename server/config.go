@@ -2,14 +2,21 @@ package server
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
 
@@ -33,6 +40,20 @@ type Config struct {
 	Listener net.Listener
 	// TLSCertFile and TLSKeyFile turn on server TLS. Both or neither.
 	TLSCertFile, TLSKeyFile string
+	// PeerCAFile verifies the other replicas' certificates when this one
+	// asks them for status (with TLS). Empty: the system's roots.
+	PeerCAFile string
+
+	// ReplicaName names this replica in agent status and in etcd's replica
+	// registry. Default: <hostname>:<gRPC port>.
+	ReplicaName string
+	// AdvertiseAddress is where other replicas and Envoy bootstraps reach
+	// this replica's gRPC port. Default: the listen address, or
+	// <hostname>:<port> when it listens on every address.
+	AdvertiseAddress string
+	// ReplicaTTL is how long a replica that stopped stays registered.
+	// Default replicas.DefaultTTL.
+	ReplicaTTL time.Duration
 
 	// DataDir holds the embedded etcd when EtcdEndpoints is empty.
 	// Default DefaultDataDir.
@@ -94,6 +115,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
+	if c.ReplicaTTL == 0 {
+		c.ReplicaTTL = replicas.DefaultTTL
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -128,6 +152,14 @@ func (c Config) Validate() error {
 	if len(c.EtcdEndpoints) == 0 && (c.EtcdCAFile != "" || c.EtcdCertFile != "") {
 		return errors.New("--etcd-cacert, --etcd-cert and --etcd-key configure an external etcd: give --etcd-endpoints too")
 	}
+	if strings.Contains(c.ReplicaName, "/") {
+		return fmt.Errorf("--replica-name %q must not contain /", c.ReplicaName)
+	}
+	if c.AdvertiseAddress != "" {
+		if _, _, err := net.SplitHostPort(c.AdvertiseAddress); err != nil {
+			return fmt.Errorf("--advertise-address %q is not host:port: %w", c.AdvertiseAddress, err)
+		}
+	}
 	for _, ep := range c.EtcdEndpoints {
 		if ep == "" {
 			return errors.New("--etcd-endpoints has an empty element")
@@ -135,7 +167,7 @@ func (c Config) Validate() error {
 	}
 	for name, d := range map[string]time.Duration{
 		"--etcd-dial-timeout": c.EtcdDialTimeout, "--etcd-request-timeout": c.EtcdRequestTimeout,
-		"--shutdown-timeout": c.ShutdownTimeout, "health interval": c.HealthInterval,
+		"--shutdown-timeout": c.ShutdownTimeout, "health interval": c.HealthInterval, "--replica-ttl": c.ReplicaTTL,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s %v is negative", name, d)
@@ -168,4 +200,46 @@ func (c Config) loadTLS() (*tls.Config, error) {
 		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
 	}
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// identity returns the replica's name and advertised address, given the
+// address it actually listens on.
+func (c Config) identity(listening net.Addr) (name, advertise string) {
+	host, port, _ := net.SplitHostPort(listening.String())
+	hostname, err := os.Hostname()
+	if err != nil || hostname == "" {
+		hostname = "localhost"
+	}
+	advertise = c.AdvertiseAddress
+	if advertise == "" {
+		advertise = listening.String()
+		if a, err := netip.ParseAddr(host); err == nil && a.IsUnspecified() {
+			advertise = net.JoinHostPort(hostname, port)
+		}
+	}
+	name = c.ReplicaName
+	if name == "" {
+		name = hostname + ":" + port
+	}
+	return name, advertise
+}
+
+// peerDialOptions are how this replica dials the others: as the agents
+// dial it (plaintext on loopback, else TLS verified against PeerCAFile).
+func (c Config) peerDialOptions() ([]grpc.DialOption, error) {
+	if c.TLSCertFile == "" {
+		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if c.PeerCAFile != "" {
+		pem, err := os.ReadFile(c.PeerCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("--peer-ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--peer-ca %s holds no PEM certificate", c.PeerCAFile)
+		}
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, nil
 }

@@ -1,6 +1,7 @@
 // Package server is halo's control plane: it stores the endpoint topology in
-// etcd (embedded, or an external cluster) and serves the admin gRPC API with
-// server reflection, gRPC health and Prometheus metrics. cmd/halo-server
+// etcd (embedded, or an external cluster), streams every node's Envoy
+// resources over ADS (Delta and SotW), and serves the admin gRPC API with
+// server reflection, gRPC health and Prometheus metrics, all on one port. cmd/halo-server
 // only parses flags into a Config and calls Run.
 package server
 
@@ -27,12 +28,18 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/slogzap"
+	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/api"
 	"github.com/halolb/halo/server/embedetcd"
+	"github.com/halolb/halo/server/publisher"
+	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
 
@@ -137,12 +144,35 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	shutdown, endStreams := context.WithCancel(context.Background())
 	defer endStreams()
-	services, err := api.New(api.Config{Store: st, Logger: s.log.With("component", "api"), Shutdown: shutdown})
+	registry := prometheus.NewRegistry()
+	replica, advertise := s.cfg.identity(lis.Addr())
+	hub := ads.NewHub()
+	adsSrv, err := ads.New(ads.Config{Hub: hub, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	pub, err := publisher.New(publisher.Config{Store: st, Hub: hub, Logger: s.log.With("component", "publisher"), Registerer: registry})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	reg, err := replicas.New(replicas.Config{Client: client, Prefix: s.cfg.EtcdPrefix, Self: replicas.Replica{Name: replica, Address: advertise},
+		TTL: s.cfg.ReplicaTTL, Logger: s.log.With("component", "replicas")})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	peerOpts, err := s.cfg.peerDialOptions()
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	services, err := api.New(api.Config{Store: st, Logger: s.log.With("component", "api"), Shutdown: shutdown, ADS: adsSrv,
+		Replica: replica, XDSAddress: advertise, PeerDialOptions: peerOpts,
+		Replicas: func(ctx context.Context) ([]replicas.Replica, error) {
+			return replicas.List(ctx, client, s.cfg.EtcdPrefix)
+		}})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
 
-	registry := prometheus.NewRegistry()
 	// Namespaced: the embedded etcd registers its own grpc_server_* metrics
 	// in the default registry, which /metrics serves too.
 	grpcMetrics := grpcprom.NewServerMetrics(
@@ -150,6 +180,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramNamespace("halo")))
 	registry.MustRegister(grpcMetrics)
 	opts := []grpc.ServerOption{
+		// Thousands of mostly idle agent connections: release each one's
+		// write buffer between writes, and notice dead peers.
+		grpc.SharedWriteBuffer(true),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),
 		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),
 	}
@@ -158,6 +193,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	gs := grpc.NewServer(opts...)
 	services.Register(gs)
+	adsSrv.Register(gs)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(gs, healthSrv)
 	if !s.cfg.DisableReflection {
@@ -209,6 +245,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		s.watchEtcdHealth(gctx, client, healthSrv)
 		return nil
 	})
+	g.Go(func() error { return pub.Run(gctx) })
+	g.Go(func() error { return reg.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")
@@ -223,7 +261,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	close(s.ready)
-	s.log.Info("serving", "address", lis.Addr().String(), "tls", s.tls != nil,
+	s.log.Info("serving", "address", lis.Addr().String(), "replica", replica, "advertise", advertise, "tls", s.tls != nil,
 		"reflection", !s.cfg.DisableReflection, "etcd", endpoints, "metrics", addrString(s.MetricsAddr()))
 	err = g.Wait()
 	s.log.Info("stopped", "error", err)
@@ -318,7 +356,8 @@ func (s *Server) watchEtcdHealth(ctx context.Context, client *clientv3.Client, h
 // setHealth sets the whole server's status and each halo service's.
 func setHealth(hs *health.Server, st healthpb.HealthCheckResponse_ServingStatus) {
 	hs.SetServingStatus("", st)
-	for _, svc := range []string{halov1.TopologyService_ServiceDesc.ServiceName, halov1.EndpointService_ServiceDesc.ServiceName} {
+	for _, svc := range []string{halov1.TopologyService_ServiceDesc.ServiceName, halov1.EndpointService_ServiceDesc.ServiceName,
+		halov1.StatusService_ServiceDesc.ServiceName, discoveryv3.AggregatedDiscoveryService_ServiceDesc.ServiceName} {
 		hs.SetServingStatus(svc, st)
 	}
 }

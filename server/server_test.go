@@ -233,12 +233,14 @@ func TestNodeCRUD(t *testing.T) {
 	if del.GetDeletedNodes() != 4 {
 		t.Fatalf("deleted %d nodes, want 4", del.GetDeletedNodes())
 	}
-	resp, err := srv.Etcd.Get(ctx, "/halo/v1/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Count != 0 {
-		t.Fatalf("%d keys left after a forced delete", resp.Count)
+	for _, prefix := range []string{"/halo/v1/clusters/", "/halo/v1/nodes/", "/halo/v1/index/"} {
+		resp, err := srv.Etcd.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Count != 0 {
+			t.Fatalf("%d keys left under %s after a forced delete", resp.Count, prefix)
+		}
 	}
 }
 

@@ -1,5 +1,6 @@
 // Package api implements halo's admin gRPC services (TopologyService,
-// EndpointService) on top of the store and the endpoint evaluator. Handlers
+// EndpointService, StatusService) on top of the store, the endpoint
+// evaluator and the ADS server. Handlers
 // check the request's own fields, call one store method, and turn errors into
 // gRPC status codes in one place (toStatus).
 package api
@@ -7,14 +8,19 @@ package api
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/server/ads"
+	"github.com/halolb/halo/server/bootstrap"
 	"github.com/halolb/halo/server/endpoints"
+	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 	"github.com/halolb/halo/server/topology"
 )
@@ -29,18 +35,31 @@ type Config struct {
 	// that a graceful stop does not wait for streams that never end. Nil:
 	// streams end only with their clients.
 	Shutdown context.Context
+	// ADS is the xDS server whose agents StatusService lists. Required.
+	ADS *ads.Server
+	// Replica is this replica's name.
+	Replica string
+	// Replicas lists the live replicas, for ListAgents to ask the others.
+	// Nil: list this replica's agents only.
+	Replicas func(context.Context) ([]replicas.Replica, error)
+	// PeerDialOptions are how this replica dials the others (credentials).
+	PeerDialOptions []grpc.DialOption
+	// XDSAddress is the address Envoy reaches this replica at, the default
+	// of a rendered bootstrap.
+	XDSAddress string
 }
 
 // Services holds the admin services; Register puts them on a gRPC server.
 type Services struct {
 	topology *topologyService
 	endpoint *endpointService
+	status   *statusService
 }
 
 // New returns the services.
 func New(cfg Config) (*Services, error) {
-	if cfg.Store == nil {
-		return nil, errors.New("api: Config.Store is required")
+	if cfg.Store == nil || cfg.ADS == nil {
+		return nil, errors.New("api: Config.Store and Config.ADS are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -50,7 +69,9 @@ func New(cfg Config) (*Services, error) {
 	}
 	return &Services{
 		topology: &topologyService{store: cfg.Store, log: cfg.Logger, shutdown: cfg.Shutdown},
-		endpoint: &endpointService{store: cfg.Store, log: cfg.Logger},
+		endpoint: &endpointService{store: cfg.Store, log: cfg.Logger, xdsAddress: cfg.XDSAddress},
+		status: &statusService{ads: cfg.ADS, self: cfg.Replica, replicas: cfg.Replicas, dialOpts: cfg.PeerDialOptions,
+			log: cfg.Logger},
 	}, nil
 }
 
@@ -58,6 +79,7 @@ func New(cfg Config) (*Services, error) {
 func (sv *Services) Register(s grpc.ServiceRegistrar) {
 	halov1.RegisterTopologyServiceServer(s, sv.topology)
 	halov1.RegisterEndpointServiceServer(s, sv.endpoint)
+	halov1.RegisterStatusServiceServer(s, sv.status)
 }
 
 // invalid turns a request-field validation failure into INVALID_ARGUMENT.
@@ -169,8 +191,9 @@ func validateNodeRef(cluster, name string) error {
 
 type endpointService struct {
 	halov1.UnimplementedEndpointServiceServer
-	store *store.Store
-	log   *slog.Logger
+	store      *store.Store
+	log        *slog.Logger
+	xdsAddress string
 }
 
 func (e *endpointService) ResolveEndpoints(ctx context.Context, req *halov1.ResolveEndpointsRequest) (*halov1.NodeEndpoints, error) {
@@ -203,4 +226,48 @@ func (e *endpointService) GetCertificateSANs(ctx context.Context, req *halov1.Ge
 	sans := endpoints.CertificateSANs(c, nodes)
 	sans.Revision = rev
 	return sans, nil
+}
+
+func (e *endpointService) GetEnvoyBootstrap(ctx context.Context, req *halov1.GetEnvoyBootstrapRequest) (*halov1.EnvoyBootstrap, error) {
+	if err := validateNodeRef(req.GetCluster(), req.GetNode()); err != nil {
+		return nil, invalid(e.log, err)
+	}
+	var v []topology.FieldViolation
+	if req.GetAdminPort() > 65535 {
+		v = append(v, topology.FieldViolation{Field: "admin_port", Description: fmt.Sprintf("%d is out of range 1-65535", req.GetAdminPort())})
+	}
+	for i, s := range req.GetXdsServers() {
+		if _, port, err := net.SplitHostPort(s); err != nil || port == "" || port == "0" {
+			v = append(v, topology.FieldViolation{Field: fmt.Sprintf("xds_servers[%d]", i), Description: fmt.Sprintf("%q is not host:port", s)})
+		}
+	}
+	if (req.GetCertFile() == "") != (req.GetKeyFile() == "") || (req.GetCertFile() != "" && req.GetCaFile() == "") {
+		v = append(v, topology.FieldViolation{Field: "cert_file", Description: "cert_file and key_file go together, and need ca_file"})
+	}
+	if len(v) > 0 {
+		return nil, invalid(e.log, &topology.Error{Violations: v})
+	}
+	// The node must exist: a bootstrap for a node halo does not know would
+	// never get resources.
+	if _, err := e.store.GetNode(ctx, req.GetCluster(), req.GetNode()); err != nil {
+		return nil, toStatus(e.log, "GetEnvoyBootstrap", err)
+	}
+	servers := req.GetXdsServers()
+	if len(servers) == 0 {
+		servers = []string{e.xdsAddress}
+	}
+	b, err := bootstrap.Render(bootstrap.Params{Cluster: req.GetCluster(), Node: req.GetNode(), XDSServers: servers,
+		AdminPort: req.GetAdminPort(), CAFile: req.GetCaFile(), CertFile: req.GetCertFile(), KeyFile: req.GetKeyFile()})
+	if err != nil {
+		return nil, toStatus(e.log, "GetEnvoyBootstrap", err)
+	}
+	y, err := bootstrap.YAML(b)
+	if err != nil {
+		return nil, toStatus(e.log, "GetEnvoyBootstrap", err)
+	}
+	j, err := bootstrap.JSON(b)
+	if err != nil {
+		return nil, toStatus(e.log, "GetEnvoyBootstrap", err)
+	}
+	return &halov1.EnvoyBootstrap{Yaml: string(y), Json: string(j)}, nil
 }

@@ -265,6 +265,41 @@ func (s *Store) Topology(ctx context.Context, cluster string) (*halov1.Cluster, 
 	return c, nodes, resp.Header.Revision, nil
 }
 
+// ClusterTopology is a cluster and its nodes.
+type ClusterTopology struct {
+	Cluster *halov1.Cluster
+	Nodes   []*halov1.Node
+}
+
+// LoadAll returns every cluster with its nodes, read at one revision, and
+// that revision: the starting point of a Watch from revision + 1.
+func (s *Store) LoadAll(ctx context.Context) (map[string]*ClusterTopology, int64, error) {
+	resp, err := s.read(ctx, "load all",
+		clientv3.OpGet(s.clustersPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.prefix+"nodes/", clientv3.WithPrefix()))
+	if err != nil {
+		return nil, 0, err
+	}
+	out := map[string]*ClusterTopology{}
+	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
+		c, err := decodeCluster(kv)
+		if err != nil {
+			return nil, 0, err
+		}
+		out[c.GetName()] = &ClusterTopology{Cluster: c}
+	}
+	nodes, err := decodeNodes(resp.Responses[1].GetResponseRange().GetKvs())
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, n := range nodes {
+		if t := out[n.GetCluster()]; t != nil {
+			t.Nodes = append(t.Nodes, n)
+		}
+	}
+	return out, resp.Header.Revision, nil
+}
+
 // PutCluster validates and stores c (see PutClusterRequest for expected).
 // It returns the stored cluster with its revision.
 func (s *Store) PutCluster(ctx context.Context, c *halov1.Cluster, expected int64) (*halov1.Cluster, error) {

@@ -388,6 +388,164 @@ func (x *CertificateSANs) GetRevision() int64 {
 	return 0
 }
 
+// GetEnvoyBootstrapRequest names the node and how its Envoy reaches halo.
+type GetEnvoyBootstrapRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's name.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The node's name.
+	Node string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// halo-server addresses (host:port) Envoy connects to. Empty: the
+	// replica that answers.
+	XdsServers []string `protobuf:"bytes,3,rep,name=xds_servers,json=xdsServers,proto3" json:"xds_servers,omitempty"`
+	// Envoy's admin port on 127.0.0.1. Default 9901.
+	AdminPort uint32 `protobuf:"varint,4,opt,name=admin_port,json=adminPort,proto3" json:"admin_port,omitempty"`
+	// A CA file on the node to verify halo-server's certificate; when set,
+	// Envoy connects with TLS.
+	CaFile string `protobuf:"bytes,5,opt,name=ca_file,json=caFile,proto3" json:"ca_file,omitempty"`
+	// A client certificate and key on the node, for halo-server's client
+	// certificate check (with ca_file).
+	CertFile string `protobuf:"bytes,6,opt,name=cert_file,json=certFile,proto3" json:"cert_file,omitempty"`
+	// The key of cert_file.
+	KeyFile       string `protobuf:"bytes,7,opt,name=key_file,json=keyFile,proto3" json:"key_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetEnvoyBootstrapRequest) Reset() {
+	*x = GetEnvoyBootstrapRequest{}
+	mi := &file_halo_v1_endpoint_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetEnvoyBootstrapRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetEnvoyBootstrapRequest) ProtoMessage() {}
+
+func (x *GetEnvoyBootstrapRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_halo_v1_endpoint_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetEnvoyBootstrapRequest.ProtoReflect.Descriptor instead.
+func (*GetEnvoyBootstrapRequest) Descriptor() ([]byte, []int) {
+	return file_halo_v1_endpoint_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetEnvoyBootstrapRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *GetEnvoyBootstrapRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *GetEnvoyBootstrapRequest) GetXdsServers() []string {
+	if x != nil {
+		return x.XdsServers
+	}
+	return nil
+}
+
+func (x *GetEnvoyBootstrapRequest) GetAdminPort() uint32 {
+	if x != nil {
+		return x.AdminPort
+	}
+	return 0
+}
+
+func (x *GetEnvoyBootstrapRequest) GetCaFile() string {
+	if x != nil {
+		return x.CaFile
+	}
+	return ""
+}
+
+func (x *GetEnvoyBootstrapRequest) GetCertFile() string {
+	if x != nil {
+		return x.CertFile
+	}
+	return ""
+}
+
+func (x *GetEnvoyBootstrapRequest) GetKeyFile() string {
+	if x != nil {
+		return x.KeyFile
+	}
+	return ""
+}
+
+// EnvoyBootstrap is a rendered bootstrap.
+type EnvoyBootstrap struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bootstrap as YAML (envoy -c bootstrap.yaml).
+	Yaml string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// The same as JSON.
+	Json          string `protobuf:"bytes,2,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EnvoyBootstrap) Reset() {
+	*x = EnvoyBootstrap{}
+	mi := &file_halo_v1_endpoint_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EnvoyBootstrap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EnvoyBootstrap) ProtoMessage() {}
+
+func (x *EnvoyBootstrap) ProtoReflect() protoreflect.Message {
+	mi := &file_halo_v1_endpoint_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EnvoyBootstrap.ProtoReflect.Descriptor instead.
+func (*EnvoyBootstrap) Descriptor() ([]byte, []int) {
+	return file_halo_v1_endpoint_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *EnvoyBootstrap) GetYaml() string {
+	if x != nil {
+		return x.Yaml
+	}
+	return ""
+}
+
+func (x *EnvoyBootstrap) GetJson() string {
+	if x != nil {
+		return x.Json
+	}
+	return ""
+}
+
 var File_halo_v1_endpoint_proto protoreflect.FileDescriptor
 
 const file_halo_v1_endpoint_proto_rawDesc = "" +
@@ -413,16 +571,30 @@ const file_halo_v1_endpoint_proto_rawDesc = "" +
 	"\rapiserver_ips\x18\x02 \x03(\tR\fapiserverIps\x12$\n" +
 	"\x0eetcd_dns_names\x18\x03 \x03(\tR\fetcdDnsNames\x12\x19\n" +
 	"\betcd_ips\x18\x04 \x03(\tR\aetcdIps\x12\x1a\n" +
-	"\brevision\x18\x05 \x01(\x03R\brevision*\xcf\x01\n" +
+	"\brevision\x18\x05 \x01(\x03R\brevision\"\xd9\x01\n" +
+	"\x18GetEnvoyBootstrapRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1f\n" +
+	"\vxds_servers\x18\x03 \x03(\tR\n" +
+	"xdsServers\x12\x1d\n" +
+	"\n" +
+	"admin_port\x18\x04 \x01(\rR\tadminPort\x12\x17\n" +
+	"\aca_file\x18\x05 \x01(\tR\x06caFile\x12\x1b\n" +
+	"\tcert_file\x18\x06 \x01(\tR\bcertFile\x12\x19\n" +
+	"\bkey_file\x18\a \x01(\tR\akeyFile\"8\n" +
+	"\x0eEnvoyBootstrap\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x12\n" +
+	"\x04json\x18\x02 \x01(\tR\x04json*\xcf\x01\n" +
 	"\x10LoadBalancerMode\x12\"\n" +
 	"\x1eLOAD_BALANCER_MODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18LOAD_BALANCER_MODE_LOCAL\x10\x01\x123\n" +
 	"/LOAD_BALANCER_MODE_LOCAL_AND_UNMANAGED_EXTERNAL\x10\x02\x12'\n" +
 	"#LOAD_BALANCER_MODE_MANAGED_EXTERNAL\x10\x03\x12\x1b\n" +
-	"\x17LOAD_BALANCER_MODE_NONE\x10\x042\xb3\x01\n" +
+	"\x17LOAD_BALANCER_MODE_NONE\x10\x042\x84\x02\n" +
 	"\x0fEndpointService\x12L\n" +
 	"\x10ResolveEndpoints\x12 .halo.v1.ResolveEndpointsRequest\x1a\x16.halo.v1.NodeEndpoints\x12R\n" +
-	"\x12GetCertificateSANs\x12\".halo.v1.GetCertificateSANsRequest\x1a\x18.halo.v1.CertificateSANsB+Z)github.com/halolb/halo/gen/halo/v1;halov1b\x06proto3"
+	"\x12GetCertificateSANs\x12\".halo.v1.GetCertificateSANsRequest\x1a\x18.halo.v1.CertificateSANs\x12O\n" +
+	"\x11GetEnvoyBootstrap\x12!.halo.v1.GetEnvoyBootstrapRequest\x1a\x17.halo.v1.EnvoyBootstrapB+Z)github.com/halolb/halo/gen/halo/v1;halov1b\x06proto3"
 
 var (
 	file_halo_v1_endpoint_proto_rawDescOnce sync.Once
@@ -437,22 +609,26 @@ func file_halo_v1_endpoint_proto_rawDescGZIP() []byte {
 }
 
 var file_halo_v1_endpoint_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_halo_v1_endpoint_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_halo_v1_endpoint_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_halo_v1_endpoint_proto_goTypes = []any{
 	(LoadBalancerMode)(0),             // 0: halo.v1.LoadBalancerMode
 	(*ResolveEndpointsRequest)(nil),   // 1: halo.v1.ResolveEndpointsRequest
 	(*NodeEndpoints)(nil),             // 2: halo.v1.NodeEndpoints
 	(*GetCertificateSANsRequest)(nil), // 3: halo.v1.GetCertificateSANsRequest
 	(*CertificateSANs)(nil),           // 4: halo.v1.CertificateSANs
+	(*GetEnvoyBootstrapRequest)(nil),  // 5: halo.v1.GetEnvoyBootstrapRequest
+	(*EnvoyBootstrap)(nil),            // 6: halo.v1.EnvoyBootstrap
 }
 var file_halo_v1_endpoint_proto_depIdxs = []int32{
 	0, // 0: halo.v1.NodeEndpoints.mode:type_name -> halo.v1.LoadBalancerMode
 	1, // 1: halo.v1.EndpointService.ResolveEndpoints:input_type -> halo.v1.ResolveEndpointsRequest
 	3, // 2: halo.v1.EndpointService.GetCertificateSANs:input_type -> halo.v1.GetCertificateSANsRequest
-	2, // 3: halo.v1.EndpointService.ResolveEndpoints:output_type -> halo.v1.NodeEndpoints
-	4, // 4: halo.v1.EndpointService.GetCertificateSANs:output_type -> halo.v1.CertificateSANs
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
+	5, // 3: halo.v1.EndpointService.GetEnvoyBootstrap:input_type -> halo.v1.GetEnvoyBootstrapRequest
+	2, // 4: halo.v1.EndpointService.ResolveEndpoints:output_type -> halo.v1.NodeEndpoints
+	4, // 5: halo.v1.EndpointService.GetCertificateSANs:output_type -> halo.v1.CertificateSANs
+	6, // 6: halo.v1.EndpointService.GetEnvoyBootstrap:output_type -> halo.v1.EnvoyBootstrap
+	4, // [4:7] is the sub-list for method output_type
+	1, // [1:4] is the sub-list for method input_type
 	1, // [1:1] is the sub-list for extension type_name
 	1, // [1:1] is the sub-list for extension extendee
 	0, // [0:1] is the sub-list for field type_name
@@ -469,7 +645,7 @@ func file_halo_v1_endpoint_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_halo_v1_endpoint_proto_rawDesc), len(file_halo_v1_endpoint_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,6 +21,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	EndpointService_ResolveEndpoints_FullMethodName   = "/halo.v1.EndpointService/ResolveEndpoints"
 	EndpointService_GetCertificateSANs_FullMethodName = "/halo.v1.EndpointService/GetCertificateSANs"
+	EndpointService_GetEnvoyBootstrap_FullMethodName  = "/halo.v1.EndpointService/GetEnvoyBootstrap"
 )
 
 // EndpointServiceClient is the client API for EndpointService service.
@@ -38,6 +39,11 @@ type EndpointServiceClient interface {
 	// apiserver and etcd certificates need.
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	GetCertificateSANs(ctx context.Context, in *GetCertificateSANsRequest, opts ...grpc.CallOption) (*CertificateSANs, error)
+	// GetEnvoyBootstrap renders an Envoy bootstrap that makes Envoy stand in
+	// for the halo agent on one node: ADS (Delta) to halo-server, with
+	// node.cluster and node.id set. It is validated before it is returned.
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	GetEnvoyBootstrap(ctx context.Context, in *GetEnvoyBootstrapRequest, opts ...grpc.CallOption) (*EnvoyBootstrap, error)
 }
 
 type endpointServiceClient struct {
@@ -68,6 +74,16 @@ func (c *endpointServiceClient) GetCertificateSANs(ctx context.Context, in *GetC
 	return out, nil
 }
 
+func (c *endpointServiceClient) GetEnvoyBootstrap(ctx context.Context, in *GetEnvoyBootstrapRequest, opts ...grpc.CallOption) (*EnvoyBootstrap, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EnvoyBootstrap)
+	err := c.cc.Invoke(ctx, EndpointService_GetEnvoyBootstrap_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EndpointServiceServer is the server API for EndpointService service.
 // All implementations must embed UnimplementedEndpointServiceServer
 // for forward compatibility.
@@ -83,6 +99,11 @@ type EndpointServiceServer interface {
 	// apiserver and etcd certificates need.
 	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 	GetCertificateSANs(context.Context, *GetCertificateSANsRequest) (*CertificateSANs, error)
+	// GetEnvoyBootstrap renders an Envoy bootstrap that makes Envoy stand in
+	// for the halo agent on one node: ADS (Delta) to halo-server, with
+	// node.cluster and node.id set. It is validated before it is returned.
+	// buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+	GetEnvoyBootstrap(context.Context, *GetEnvoyBootstrapRequest) (*EnvoyBootstrap, error)
 	mustEmbedUnimplementedEndpointServiceServer()
 }
 
@@ -98,6 +119,9 @@ func (UnimplementedEndpointServiceServer) ResolveEndpoints(context.Context, *Res
 }
 func (UnimplementedEndpointServiceServer) GetCertificateSANs(context.Context, *GetCertificateSANsRequest) (*CertificateSANs, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCertificateSANs not implemented")
+}
+func (UnimplementedEndpointServiceServer) GetEnvoyBootstrap(context.Context, *GetEnvoyBootstrapRequest) (*EnvoyBootstrap, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetEnvoyBootstrap not implemented")
 }
 func (UnimplementedEndpointServiceServer) mustEmbedUnimplementedEndpointServiceServer() {}
 func (UnimplementedEndpointServiceServer) testEmbeddedByValue()                         {}
@@ -156,6 +180,24 @@ func _EndpointService_GetCertificateSANs_Handler(srv interface{}, ctx context.Co
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EndpointService_GetEnvoyBootstrap_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetEnvoyBootstrapRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EndpointServiceServer).GetEnvoyBootstrap(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EndpointService_GetEnvoyBootstrap_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EndpointServiceServer).GetEnvoyBootstrap(ctx, req.(*GetEnvoyBootstrapRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EndpointService_ServiceDesc is the grpc.ServiceDesc for EndpointService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -170,6 +212,10 @@ var EndpointService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetCertificateSANs",
 			Handler:    _EndpointService_GetCertificateSANs_Handler,
+		},
+		{
+			MethodName: "GetEnvoyBootstrap",
+			Handler:    _EndpointService_GetEnvoyBootstrap_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

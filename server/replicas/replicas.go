@@ -1,0 +1,125 @@
+// Package replicas registers each halo-server replica in etcd under a lease,
+// so that any replica can find the live ones (to fan status queries out to
+// them) and a dead replica disappears when its lease expires.
+package replicas
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+)
+
+// DefaultTTL is how long a replica stays listed after it stops renewing.
+const DefaultTTL = 5 * time.Second
+
+// Replica is one registered replica.
+type Replica struct {
+	// Name identifies it in status.
+	Name string
+	// Address is where other replicas reach its gRPC API (host:port).
+	Address string
+}
+
+// Config configures a Registration.
+type Config struct {
+	// Client is the etcd client. Required.
+	Client *clientv3.Client
+	// Prefix is halo's key prefix; replicas live under <Prefix>replicas/.
+	Prefix string
+	// Self is this replica. Required.
+	Self Replica
+	// TTL is the lease's time to live (whole seconds, at least 1).
+	// Zero: DefaultTTL.
+	TTL time.Duration
+	// Logger receives its logs. Nil: discard.
+	Logger *slog.Logger
+}
+
+// Registration keeps one replica registered while it runs.
+type Registration struct {
+	cfg Config
+}
+
+// New returns a Registration. It starts nothing.
+func New(cfg Config) (*Registration, error) {
+	if cfg.Client == nil || cfg.Self.Name == "" {
+		return nil, errors.New("replicas: Config.Client and Config.Self.Name are required")
+	}
+	if strings.Contains(cfg.Self.Name, "/") {
+		return nil, fmt.Errorf("replicas: name %q must not contain /", cfg.Self.Name)
+	}
+	if cfg.TTL <= 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registration{cfg: cfg}, nil
+}
+
+func key(prefix, name string) string { return prefix + "replicas/" + name }
+
+// Run registers the replica and keeps the lease alive until ctx ends, then
+// revokes it so the replica disappears at once. If etcd loses the lease
+// (unreachable for longer than the TTL), Run registers again when it can.
+func (r *Registration) Run(ctx context.Context) error {
+	ttl := max(1, int(r.cfg.TTL/time.Second))
+	wait := 200 * time.Millisecond
+	for {
+		// The session (its grant and keepalive) ends with ctx, or after a
+		// lost lease is revoked.
+		sctx, cancel := context.WithCancel(ctx)
+		sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(sctx))
+		if err == nil {
+			pctx, pcancel := context.WithTimeout(ctx, r.cfg.TTL)
+			_, err = r.cfg.Client.Put(pctx, key(r.cfg.Prefix, r.cfg.Self.Name), r.cfg.Self.Address, clientv3.WithLease(sess.Lease()))
+			pcancel()
+			if err == nil {
+				r.cfg.Logger.Debug("replica registered", "replica", r.cfg.Self.Name, "address", r.cfg.Self.Address)
+				wait = 200 * time.Millisecond
+				select {
+				case <-ctx.Done():
+				case <-sess.Done():
+					r.cfg.Logger.Warn("replica registration lost (etcd unreachable); registering again", "replica", r.cfg.Self.Name)
+				}
+			}
+			// Revoke, so that the replica disappears at once; briefly, as a
+			// lease etcd cannot be told about expires by itself.
+			sess.Orphan()
+			rctx, rcancel := context.WithTimeout(context.Background(), time.Second)
+			_, _ = r.cfg.Client.Revoke(rctx, sess.Lease())
+			rcancel()
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return nil
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
+}
+
+// List returns the registered replicas.
+func List(ctx context.Context, client *clientv3.Client, prefix string) ([]Replica, error) {
+	resp, err := client.Get(ctx, prefix+"replicas/", clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("replicas: list: %w", err)
+	}
+	out := make([]Replica, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out = append(out, Replica{Name: strings.TrimPrefix(string(kv.Key), prefix+"replicas/"), Address: string(kv.Value)})
+	}
+	return out, nil
+}
