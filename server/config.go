@@ -82,6 +82,9 @@ type Config struct {
 	MetricsListener net.Listener
 	// DisableReflection turns gRPC server reflection off.
 	DisableReflection bool
+	// EnablePprof serves Go's profiler at /debug/pprof/ on the metrics
+	// listener.
+	EnablePprof bool
 	// HealthInterval is how often etcd's availability is checked for the
 	// gRPC health service. Default DefaultHealthInterval.
 	HealthInterval time.Duration

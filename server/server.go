@@ -13,6 +13,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"strings"
 	"sync"
 	"time"
 
@@ -183,10 +185,14 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		// Thousands of mostly idle agent connections: release each one's
 		// write buffer between writes, and notice dead peers.
 		grpc.SharedWriteBuffer(true),
+		// Fixed flow-control windows turn off BDP estimation, whose pings
+		// would add a write and a read per small xDS message.
+		grpc.InitialWindowSize(1 << 20),
+		grpc.InitialConnWindowSize(1 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),
-		grpc.ChainStreamInterceptor(grpcMetrics.StreamServerInterceptor(), logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),
+		grpc.ChainStreamInterceptor(skipADS(grpcMetrics.StreamServerInterceptor()), skipADS(logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...))),
 	}
 	if s.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
@@ -206,6 +212,13 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if mlis != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, registry}, promhttp.HandlerOpts{}))
+		if s.cfg.EnablePprof {
+			mux.HandleFunc("/debug/pprof/", pprof.Index)
+			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		}
 		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	}
 
@@ -246,6 +259,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	g.Go(func() error { return pub.Run(gctx) })
+	g.Go(func() error { return adsSrv.Run(gctx) })
 	g.Go(func() error { return reg.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
@@ -383,4 +397,14 @@ var rpcLogOptions = []logging.Option{
 		}
 		return logging.LevelDebug
 	}),
+}
+
+// skipADS runs an interceptor on every stream but ADS streams.
+func skipADS(i grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		if strings.HasPrefix(info.FullMethod, "/envoy.service.discovery.v3.AggregatedDiscoveryService/") {
+			return handler(srv, ss)
+		}
+		return i(srv, ss, info, handler)
+	}
 }

@@ -9,29 +9,43 @@ import (
 
 // Hub holds what is published for every cluster: the last publishable
 // snapshot of each profile, why a profile is held back, and which profile
-// each node has. Streams look their node up, then wait for the next change:
-// a publication wakes every stream of the cluster; moving one node to
-// another profile wakes only that node's streams, so registering thousands
-// of workers does not wake thousands of streams each time.
+// each node has. It tells its subscriber what changed: a publication
+// concerns every node of the cluster; moving one node to another profile
+// concerns only that node, so registering thousands of workers does not
+// stir thousands of streams each time.
 type Hub struct {
 	mu       sync.RWMutex
 	clusters map[string]*entry
-	// created is closed (and replaced) when a cluster is first published,
-	// waking the streams of nodes whose cluster did not exist yet.
-	created chan struct{}
+	notify   func(cluster, node string)
 }
 
 type entry struct {
 	snapshots map[string]*snapshot.Snapshot // profile → last publishable snapshot
 	held      map[string]string             // profile → why its newest build is not published
 	nodes     map[string]string             // node → profile
-	changed   chan struct{}                 // closed at the next publication
-	nodeWait  map[string]chan struct{}      // node → closed when that node moves
 }
 
 // NewHub returns an empty hub.
 func NewHub() *Hub {
-	return &Hub{clusters: map[string]*entry{}, created: make(chan struct{})}
+	return &Hub{clusters: map[string]*entry{}}
+}
+
+// Subscribe sets the function told of every change, after the change is
+// visible: node is "" when the whole cluster changed. It replaces any
+// earlier subscriber; fn must not block.
+func (h *Hub) Subscribe(fn func(cluster, node string)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.notify = fn
+}
+
+func (h *Hub) tell(cluster, node string) {
+	h.mu.RLock()
+	fn := h.notify
+	h.mu.RUnlock()
+	if fn != nil {
+		fn(cluster, node)
+	}
 }
 
 // Update is one cluster's new state for Publish.
@@ -46,11 +60,10 @@ type Update struct {
 	Nodes map[string]string
 }
 
-// Publish makes u the cluster's state and wakes the cluster's streams.
-// Profiles in u.Held keep their previous snapshot, if they had one.
+// Publish makes u the cluster's state. Profiles in u.Held keep their
+// previous snapshot, if they had one.
 func (h *Hub) Publish(cluster string, u Update) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	e := h.clusters[cluster]
 	snaps := maps.Clone(u.Snapshots)
 	if snaps == nil {
@@ -65,27 +78,23 @@ func (h *Hub) Publish(cluster string, u Update) {
 				snaps[profile] = last
 			}
 		}
-		close(e.changed)
-	} else {
-		close(h.created)
-		h.created = make(chan struct{})
 	}
-	// The streams waiting on a node wake with the cluster: their channels
-	// can go.
-	h.clusters[cluster] = &entry{snapshots: snaps, held: maps.Clone(u.Held), nodes: u.Nodes,
-		changed: make(chan struct{}), nodeWait: map[string]chan struct{}{}}
+	h.clusters[cluster] = &entry{snapshots: snaps, held: maps.Clone(u.Held), nodes: u.Nodes}
+	h.mu.Unlock()
+	h.tell(cluster, "")
 }
 
-// SetNode moves one node to a profile (or, with profile "", removes it) and
-// wakes that node's streams. It does nothing for an unknown cluster.
+// SetNode moves one node to a profile (or, with profile "", removes it).
+// It does nothing for an unknown cluster.
 func (h *Hub) SetNode(cluster, node, profile string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	e := h.clusters[cluster]
 	if e == nil {
+		h.mu.Unlock()
 		return
 	}
 	if old, ok := e.nodes[node]; ok && old == profile {
+		h.mu.Unlock()
 		return
 	}
 	if profile == "" {
@@ -93,31 +102,19 @@ func (h *Hub) SetNode(cluster, node, profile string) {
 	} else {
 		e.nodes[node] = profile
 	}
-	if ch := e.nodeWait[node]; ch != nil {
-		close(ch)
-		delete(e.nodeWait, node)
-	}
+	h.mu.Unlock()
+	h.tell(cluster, node)
 }
 
-// Remove forgets a deleted cluster. Its streams keep what they have.
+// Remove forgets a deleted cluster. Its nodes keep what they have.
 func (h *Hub) Remove(cluster string) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if e := h.clusters[cluster]; e != nil {
-		close(e.changed)
-		delete(h.clusters, cluster)
+	_, ok := h.clusters[cluster]
+	delete(h.clusters, cluster)
+	h.mu.Unlock()
+	if ok {
+		h.tell(cluster, "")
 	}
-}
-
-// Clusters returns the names of the published clusters.
-func (h *Hub) Clusters() []string {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	out := make([]string, 0, len(h.clusters))
-	for c := range h.clusters {
-		out = append(out, c)
-	}
-	return out
 }
 
 // View is what a node is to get.
@@ -131,47 +128,14 @@ type View struct {
 	Condition string
 }
 
-// Wait holds the channels that announce a change to a node's view.
-type Wait struct {
-	// Cluster is closed at the cluster's next publication (or, for a
-	// cluster not yet known, when any cluster is created).
-	Cluster <-chan struct{}
-	// Node is closed when the node moves to another profile; nil for a
-	// node of an unknown cluster.
-	Node <-chan struct{}
-}
-
-// Lookup returns the node's view and what to wait on for the next change.
-func (h *Hub) Lookup(cluster, node string) (View, Wait) {
+// Lookup returns what a node is to get now.
+func (h *Hub) Lookup(cluster, node string) View {
 	h.mu.RLock()
+	defer h.mu.RUnlock()
 	e := h.clusters[cluster]
 	if e == nil {
-		defer h.mu.RUnlock()
-		return View{Condition: "cluster " + cluster + " is not known to halo"}, Wait{Cluster: h.created}
+		return View{Condition: "cluster " + cluster + " is not known to halo"}
 	}
-	if ch := e.nodeWait[node]; ch != nil {
-		defer h.mu.RUnlock()
-		return e.view(cluster, node), Wait{Cluster: e.changed, Node: ch}
-	}
-	h.mu.RUnlock()
-
-	// First wait for this node since the last change: make its channel.
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	e = h.clusters[cluster]
-	if e == nil {
-		return View{Condition: "cluster " + cluster + " is not known to halo"}, Wait{Cluster: h.created}
-	}
-	ch := e.nodeWait[node]
-	if ch == nil {
-		ch = make(chan struct{})
-		e.nodeWait[node] = ch
-	}
-	return e.view(cluster, node), Wait{Cluster: e.changed, Node: ch}
-}
-
-// view computes a node's view; the caller holds the hub's lock.
-func (e *entry) view(cluster, node string) View {
 	profile, known := e.nodes[node]
 	if !known {
 		return View{Condition: "node " + node + " is not registered in cluster " + cluster}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -52,17 +53,29 @@ type Config struct {
 
 // Server serves ADS. It implements
 // envoy.service.discovery.v3.AggregatedDiscoveryService.
+//
+// Each stream's requests are handled on the goroutine that receives them;
+// publications are pushed by a small pool of workers (Run), so a stream
+// costs no goroutine of its own beyond gRPC's, and a change that concerns
+// 10,000 streams is spread over the workers.
 type Server struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 	cfg     Config
 	log     *slog.Logger
 	nextID  atomic.Int64
-	mu      sync.Mutex
-	streams map[int64]*stream
 	metrics *metrics
+
+	mu        sync.Mutex
+	streams   map[int64]*stream
+	byCluster map[string]map[*stream]bool // streams whose node is known
+	byNode    map[string]map[*stream]bool // by cluster + "/" + node
+
+	qmu   sync.Mutex
+	qcond *sync.Cond
+	queue []*stream
 }
 
-// New returns a Server.
+// New returns a Server. Run must run for publications to reach streams.
 func New(cfg Config) (*Server, error) {
 	if cfg.Hub == nil {
 		return nil, errors.New("ads: Config.Hub is required")
@@ -77,12 +90,82 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Server{cfg: cfg, log: cfg.Logger, streams: map[int64]*stream{}, metrics: m}, nil
+	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, streams: map[int64]*stream{},
+		byCluster: map[string]map[*stream]bool{}, byNode: map[string]map[*stream]bool{}}
+	s.qcond = sync.NewCond(&s.qmu)
+	cfg.Hub.Subscribe(s.changed)
+	return s, nil
 }
 
 // Register registers the ADS service on s.
 func (s *Server) Register(g grpc.ServiceRegistrar) {
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(g, s)
+}
+
+// Run pushes publications to the streams they concern until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	workers := max(4, 2*runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for {
+				str := s.pop(ctx)
+				if str == nil {
+					return
+				}
+				if err := s.push(str); err != nil {
+					s.log.Debug("push failed", "node", str.nodeKey(), "error", err)
+				}
+			}
+		})
+	}
+	<-ctx.Done()
+	s.qmu.Lock()
+	s.qcond.Broadcast()
+	s.qmu.Unlock()
+	wg.Wait()
+	return nil
+}
+
+// changed is the hub's subscriber: it queues the streams a change concerns.
+func (s *Server) changed(cluster, node string) {
+	s.mu.Lock()
+	set := s.byCluster[cluster]
+	if node != "" {
+		set = s.byNode[cluster+"/"+node]
+	}
+	strs := make([]*stream, 0, len(set))
+	for str := range set {
+		strs = append(strs, str)
+	}
+	s.mu.Unlock()
+	s.qmu.Lock()
+	for _, str := range strs {
+		if str.queued.CompareAndSwap(false, true) {
+			s.queue = append(s.queue, str)
+		}
+	}
+	s.qcond.Broadcast()
+	s.qmu.Unlock()
+}
+
+func (s *Server) pop(ctx context.Context) *stream {
+	s.qmu.Lock()
+	defer s.qmu.Unlock()
+	for len(s.queue) == 0 {
+		if ctx.Err() != nil {
+			return nil
+		}
+		s.qcond.Wait()
+	}
+	str := s.queue[0]
+	s.queue[0] = nil
+	s.queue = s.queue[1:]
+	if len(s.queue) == 0 {
+		s.queue = nil // let the backing array go
+	}
+	str.queued.Store(false)
+	return str
 }
 
 // stream is one ADS stream: its node, its state, and how to send.
@@ -91,142 +174,155 @@ type stream struct {
 	delta     bool
 	peer      string
 	since     time.Time
-	node      *corev3.Node // set by the first request; read under state.mu
 	st        *state
 	sendDelta func(*discoveryv3.DeltaDiscoveryResponse) error
 	sendSotW  func(*discoveryv3.DiscoveryResponse) error
+
+	// turn is held while responses are decided and sent, so that they go
+	// out in the order they were decided.
+	turn   sync.Mutex
+	queued atomic.Bool
+	broken atomic.Bool
+	// node is set by the first request (under st.mu); cluster and id are
+	// its names, set once before the stream is indexed.
+	node              *corev3.Node
+	cluster, nodeName string
 }
+
+// nodeKey names the stream's node: cluster/node.
+func (str *stream) nodeKey() string { return str.cluster + "/" + str.nodeName }
 
 // StreamAggregatedResources serves a state-of-the-world ADS stream.
 func (s *Server) StreamAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]) error {
-	reqs := make(chan *request)
-	go func() {
-		defer close(reqs)
-		for {
-			m, err := gs.Recv()
-			if err != nil {
-				return // the client went away: serve sees reqs closed
-			}
-			r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(), names: m.GetResourceNames()}
-			if m.GetErrorDetail() != nil {
-				r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
-			}
-			select {
-			case reqs <- r:
-			case <-gs.Context().Done():
-				return
-			}
-		}
-	}()
 	str := &stream{delta: false, sendSotW: gs.Send}
-	return s.serve(gs.Context(), str, reqs)
+	return s.serve(gs.Context(), str, func() (*request, error) {
+		m, err := gs.Recv()
+		if err != nil {
+			return nil, err
+		}
+		r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(), names: m.GetResourceNames()}
+		if m.GetErrorDetail() != nil {
+			r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
+		}
+		return r, nil
+	})
 }
 
 // DeltaAggregatedResources serves a Delta (incremental) ADS stream.
 func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv3.DeltaDiscoveryRequest, discoveryv3.DeltaDiscoveryResponse]) error {
-	reqs := make(chan *request)
-	go func() {
-		defer close(reqs)
-		for {
-			m, err := gs.Recv()
-			if err != nil {
-				return // the client went away: serve sees reqs closed
-			}
-			r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(),
-				subscribe: m.GetResourceNamesSubscribe(), unsubscribe: m.GetResourceNamesUnsubscribe(), initial: m.GetInitialResourceVersions()}
-			if m.GetErrorDetail() != nil {
-				r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
-			}
-			select {
-			case reqs <- r:
-			case <-gs.Context().Done():
-				return
-			}
-		}
-	}()
 	str := &stream{delta: true, sendDelta: gs.Send}
-	return s.serve(gs.Context(), str, reqs)
+	return s.serve(gs.Context(), str, func() (*request, error) {
+		m, err := gs.Recv()
+		if err != nil {
+			return nil, err
+		}
+		r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(),
+			subscribe: m.GetResourceNamesSubscribe(), unsubscribe: m.GetResourceNamesUnsubscribe(), initial: m.GetInitialResourceVersions()}
+		if m.GetErrorDetail() != nil {
+			r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
+		}
+		return r, nil
+	})
 }
 
-// serve runs a stream until it ends: requests update its state, and every
-// request or publication is followed by the responses that are due.
-func (s *Server) serve(ctx context.Context, str *stream, reqs <-chan *request) error {
+// serve runs a stream until the client ends it, it fails, or the server
+// shuts down. Requests are received and handled on a goroutine of the
+// stream's; this one only waits, so that a shutdown can end the stream.
+func (s *Server) serve(ctx context.Context, str *stream, recv func() (*request, error)) error {
 	str.id = s.nextID.Add(1)
 	str.since = time.Now()
 	str.st = newState(str.delta)
 	if p, ok := peer.FromContext(ctx); ok {
 		str.peer = p.Addr.String()
 	}
-	proto := "sotw"
-	if str.delta {
-		proto = "delta"
-	}
+	proto := str.protocol()
 	s.metrics.streams.WithLabelValues(proto).Inc()
 	defer s.metrics.streams.WithLabelValues(proto).Dec()
 	s.mu.Lock()
 	s.streams[str.id] = str
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.streams, str.id)
-		s.mu.Unlock()
-	}()
+	defer s.unindex(str)
 
-	var cluster, id string
-	var wait Wait // nil channels until the node is known: waits for requests only
+	done := make(chan error, 1)
+	go func() { done <- s.receive(str, recv) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return nil
+	case <-s.cfg.Shutdown.Done():
+		return status.Error(codes.Unavailable, "halo-server is shutting down; reconnect to another replica")
+	}
+}
+
+func (str *stream) protocol() string {
+	if str.delta {
+		return "delta"
+	}
+	return "sotw"
+}
+
+// receive handles the stream's requests until Recv fails.
+func (s *Server) receive(str *stream, recv func() (*request, error)) error {
 	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-s.cfg.Shutdown.Done():
-			return status.Error(codes.Unavailable, "halo-server is shutting down; reconnect to another replica")
-		case req, ok := <-reqs:
-			if !ok {
-				return nil // the client closed the stream, or its connection broke
-			}
-			if cluster == "" {
-				if req.node.GetId() == "" || req.node.GetCluster() == "" {
-					return status.Error(codes.InvalidArgument, "the first request of a stream must carry node.id (the node's name) and node.cluster (its halo cluster)")
-				}
-				cluster, id = req.node.GetCluster(), req.node.GetId()
-				str.st.mu.Lock()
-				str.node = req.node
-				str.st.mu.Unlock()
-				s.log.Debug("xds stream opened", "node_id", id, "cluster", cluster, "protocol", proto, "remote_addr", str.peer)
-				defer s.log.Debug("xds stream closed", "node_id", id, "cluster", cluster)
-			}
-			if req.typeURL == "" {
-				return status.Error(codes.InvalidArgument, "type_url is required on an ADS stream")
-			}
-			view, _ := s.cfg.Hub.Lookup(cluster, id)
-			str.st.mu.Lock()
-			n := str.st.handle(req, view.Snapshot, time.Now())
-			str.st.mu.Unlock()
-			if n != nil {
-				s.metrics.nacks.WithLabelValues(req.typeURL).Inc()
-				s.log.Warn("node rejected a configuration (NACK)", "node_id", id, "cluster", cluster, "type_url", req.typeURL,
-					"version", n.version, "error", n.message)
-			}
-		case <-wait.Cluster:
-		case <-wait.Node:
+		req, err := recv()
+		if err != nil {
+			return nil // the client closed the stream, or its connection broke
 		}
-		var view View
-		view, wait = s.cfg.Hub.Lookup(cluster, id)
-		if err := s.respond(str, view); err != nil {
+		if str.cluster == "" {
+			if req.node.GetId() == "" || req.node.GetCluster() == "" {
+				return status.Error(codes.InvalidArgument, "the first request of a stream must carry node.id (the node's name) and node.cluster (its halo cluster)")
+			}
+			str.st.mu.Lock()
+			str.node = req.node
+			str.st.mu.Unlock()
+			str.cluster, str.nodeName = req.node.GetCluster(), req.node.GetId()
+			s.index(str)
+			s.log.Debug("xds stream opened", "node_id", str.nodeName, "cluster", str.cluster, "protocol", str.protocol(), "remote_addr", str.peer)
+			defer s.log.Debug("xds stream closed", "node_id", str.nodeName, "cluster", str.cluster)
+		}
+		if req.typeURL == "" {
+			return status.Error(codes.InvalidArgument, "type_url is required on an ADS stream")
+		}
+		if err := s.handle(str, req); err != nil {
 			return err
 		}
 	}
 }
 
-// respond sends every response now due on the stream.
-func (s *Server) respond(str *stream, view View) error {
+// handle applies one request and sends what is then due.
+func (s *Server) handle(str *stream, req *request) error {
+	str.turn.Lock()
+	defer str.turn.Unlock()
+	view := s.cfg.Hub.Lookup(str.cluster, str.nodeName)
 	str.st.mu.Lock()
-	str.st.view = view
-	var due []*response
-	if view.Snapshot != nil {
-		due = str.st.next(view.Snapshot, time.Now())
-	}
+	n := str.st.handle(req, view.Snapshot, time.Now())
+	due := str.st.decide(view, time.Now())
 	str.st.mu.Unlock()
+	if n != nil {
+		s.metrics.nacks.WithLabelValues(req.typeURL).Inc()
+		s.log.Warn("node rejected a configuration (NACK)", "node_id", str.nodeName, "cluster", str.cluster, "type_url", req.typeURL,
+			"version", n.version, "error", n.message)
+	}
+	return s.send(str, due)
+}
+
+// push sends a stream what a publication made due.
+func (s *Server) push(str *stream) error {
+	if str.broken.Load() {
+		return nil
+	}
+	str.turn.Lock()
+	defer str.turn.Unlock()
+	view := s.cfg.Hub.Lookup(str.cluster, str.nodeName)
+	str.st.mu.Lock()
+	due := str.st.decide(view, time.Now())
+	str.st.mu.Unlock()
+	return s.send(str, due)
+}
+
+// send sends responses in order; the caller holds str.turn.
+func (s *Server) send(str *stream, due []*response) error {
 	for _, r := range due {
 		var err error
 		if str.delta {
@@ -235,11 +331,46 @@ func (s *Server) respond(str *stream, view View) error {
 			err = str.sendSotW(sotwMessage(r))
 		}
 		if err != nil {
+			str.broken.Store(true)
 			return err
 		}
 		s.metrics.responses.WithLabelValues(r.typeURL).Inc()
 	}
 	return nil
+}
+
+func (s *Server) index(str *stream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if str.broken.Load() {
+		return // the stream already ended
+	}
+	add := func(m map[string]map[*stream]bool, k string) {
+		if m[k] == nil {
+			m[k] = map[*stream]bool{}
+		}
+		m[k][str] = true
+	}
+	add(s.byCluster, str.cluster)
+	add(s.byNode, str.nodeKey())
+}
+
+func (s *Server) unindex(str *stream) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.streams, str.id)
+	str.broken.Store(true)
+	if str.cluster == "" {
+		return
+	}
+	remove := func(m map[string]map[*stream]bool, k string) {
+		delete(m[k], str)
+		if len(m[k]) == 0 {
+			delete(m, k)
+		}
+	}
+	remove(s.byCluster, str.cluster)
+	remove(s.byNode, str.nodeKey())
 }
 
 func deltaMessage(r *response) *discoveryv3.DeltaDiscoveryResponse {
@@ -349,7 +480,8 @@ func (str *stream) status(replica string) (AgentStatus, bool) {
 			t.AckedVersion = snapshot.TypeVersion(versions(ts.acked))
 		}
 		if snap != nil {
-			t.CurrentVersion = snapshot.TypeVersion(versions(st.target(ts, snap)))
+			target, _ := st.target(ts, snap)
+			t.CurrentVersion = snapshot.TypeVersion(versions(target))
 			t.InSync = st.inSync(ts, snap)
 		}
 		if n := ts.lastNack; n != nil {

@@ -210,6 +210,14 @@ func (p *Publisher) publish(name string, m *model) {
 	}
 	r := snapshot.Build(snapshot.Input{Cluster: m.cluster, Nodes: nodes})
 	m.result = r
+	// A profile whose content did not change keeps its snapshot, so that
+	// its streams see nothing new and do no work.
+	published, _ := p.cfg.Hub.Profiles(name)
+	for profile, snap := range r.Snapshots {
+		if old := published[profile]; snap.Same(old) {
+			r.Snapshots[profile] = old
+		}
+	}
 	profiles := make(map[string]string, len(nodes))
 	for _, n := range nodes {
 		profiles[n.GetName()] = r.ProfileOf(n)

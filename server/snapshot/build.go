@@ -103,7 +103,7 @@ func Build(in Input) *Result {
 		health = func(string, string) corev3.HealthStatus { return corev3.HealthStatus_UNKNOWN }
 	}
 
-	add("cds/"+ClusterAPIServer, edsCluster(ClusterAPIServer, a, len(masters)), nil)
+	add("cds/"+ClusterAPIServer, edsCluster(ClusterAPIServer, a), nil)
 	add("eds/"+ClusterAPIServer, loadAssignment(ClusterAPIServer, d.GetName(), masters, a.GetPort(), health), nil)
 	if r.localLB {
 		l, err := tcpListener(ListenerAPIServerLocal, "127.0.0.1", a.GetLocalLbPort(), false, ClusterAPIServer, a)
@@ -114,7 +114,7 @@ func Build(in Input) *Result {
 		add("lds/"+ListenerAPIServerVIP, l, err, listenerClusters[ListenerAPIServerVIP]...)
 	}
 	if r.el {
-		add("cds/"+ClusterEtcd, edsCluster(ClusterEtcd, a, len(members)), nil)
+		add("cds/"+ClusterEtcd, edsCluster(ClusterEtcd, a), nil)
 		add("eds/"+ClusterEtcd, loadAssignment(ClusterEtcd, d.GetName(), members, e.GetClientPort(), health), nil)
 		l, err := tcpListener(ListenerEtcdLocal, "127.0.0.1", e.GetLocalLbPort(), false, ClusterEtcd, a)
 		add("lds/"+ListenerEtcdLocal, l, err, listenerClusters[ListenerEtcdLocal]...)
@@ -273,19 +273,15 @@ func socketAddress(addr string, port uint32) *corev3.Address {
 // edsCluster is a cluster whose endpoints come over ADS, with halo's
 // failover settings: least-request (or the configured policy), a 1% panic
 // threshold (traffic goes to unhealthy hosts only when none is healthy),
-// ejection on local-origin connect failures of all but one host, upstream
+// ejection of a host at its first local-origin connect failure, upstream
 // TCP keepalive, and connections closed when a host turns unhealthy.
-func edsCluster(name string, a *halov1.ApiServer, hosts int) *clusterv3.Cluster {
+func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
 	policy := clusterv3.Cluster_LEAST_REQUEST
 	switch a.GetLbPolicy() {
 	case halov1.LbPolicy_LB_POLICY_ROUND_ROBIN:
 		policy = clusterv3.Cluster_ROUND_ROBIN
 	case halov1.LbPolicy_LB_POLICY_RANDOM:
 		policy = clusterv3.Cluster_RANDOM
-	}
-	ejectable := uint32(0)
-	if hosts > 1 {
-		ejectable = uint32(100 * (hosts - 1) / hosts) // all but one
 	}
 	return &clusterv3.Cluster{
 		Name:                 name,
@@ -308,7 +304,12 @@ func edsCluster(name string, a *halov1.ApiServer, hosts int) *clusterv3.Cluster 
 			Interval:                               durationpb.New(time.Second),
 			BaseEjectionTime:                       durationpb.New(5 * time.Second),
 			MaxEjectionTime:                        durationpb.New(time.Minute),
-			MaxEjectionPercent:                     wrapperspb.UInt32(ejectable),
+			// Any host may be ejected: when every one is, the 1% panic
+			// threshold sends traffic to all of them (fail open). A value
+			// that does not depend on the number of hosts keeps the cluster
+			// unchanged when a master joins or leaves: one EDS update per
+			// node, not a CDS update too.
+			MaxEjectionPercent: wrapperspb.UInt32(100),
 		},
 		// Envoy's default allows 1024 connections per cluster, far too few
 		// for a VIP in front of the apiservers.

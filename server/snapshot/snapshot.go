@@ -68,6 +68,20 @@ func (s *Snapshot) Get(typeURL, name string) *Resource {
 	return s.Resources[typeURL][name]
 }
 
+// Same reports whether o holds the same resources as s (equal versions of
+// every type, which are content hashes).
+func (s *Snapshot) Same(o *Snapshot) bool {
+	if s == nil || o == nil || s.Profile != o.Profile {
+		return false
+	}
+	for _, t := range Types {
+		if s.Versions[t] != o.Versions[t] {
+			return false
+		}
+	}
+	return true
+}
+
 // Names returns the names of a type's resources, sorted.
 func (s *Snapshot) Names(typeURL string) []string {
 	if s == nil {

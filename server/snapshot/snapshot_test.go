@@ -262,7 +262,7 @@ func TestClusterSettings(t *testing.T) {
 		{"panic threshold", cl.GetCommonLbConfig().GetHealthyPanicThreshold().GetValue(), 1.0},
 		{"split local origin", cl.GetOutlierDetection().GetSplitExternalLocalOriginErrors(), true},
 		{"eject on first connect failure", cl.GetOutlierDetection().GetConsecutiveLocalOriginFailure().GetValue(), uint32(1)},
-		{"all but one of 4 masters", cl.GetOutlierDetection().GetMaxEjectionPercent().GetValue(), uint32(75)},
+		{"any host ejectable (panic mode fails open)", cl.GetOutlierDetection().GetMaxEjectionPercent().GetValue(), uint32(100)},
 		{"keepalive", cl.GetUpstreamConnectionOptions().GetTcpKeepalive() != nil, true},
 		{"close on health failure", cl.GetCloseConnectionsOnHostHealthFailure(), true},
 		{"no 1024-connection cap", cl.GetCircuitBreakers().GetThresholds()[0].GetMaxConnections().GetValue() >= 1<<20, true},
@@ -410,6 +410,11 @@ func TestVersionsFollowContent(t *testing.T) {
 	b := snapshot.Build(snapshot.Input{Cluster: &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{LocalLbPort: 7443}}, Nodes: nodes()}).Snapshots["prod/apiserver-local"]
 	if a.Versions[resource.ListenerType] == b.Versions[resource.ListenerType] {
 		t.Error("listener version did not change with its port")
+	}
+	// A master joining changes endpoints only.
+	c := snapshot.Build(snapshot.Input{Cluster: &halov1.Cluster{Name: "prod"}, Nodes: append(nodes(), node("master-z", "10.0.0.99", "", 99, cp))}).Snapshots["prod/apiserver-local"]
+	if c.Versions[resource.EndpointType] == a.Versions[resource.EndpointType] || c.Versions[resource.ClusterType] != a.Versions[resource.ClusterType] {
+		t.Error("a new master must move EDS and only EDS")
 	}
 	if a.Versions[resource.ClusterType] != b.Versions[resource.ClusterType] || a.Versions[resource.EndpointType] != b.Versions[resource.EndpointType] {
 		t.Error("a listener change moved CDS or EDS")

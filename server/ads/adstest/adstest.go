@@ -317,6 +317,14 @@ func (c *Client) Held(typeURL string) map[string]string {
 	return out
 }
 
+// Version returns the version of one held resource, or "".
+func (c *Client) Version(typeURL, name string) string {
+	c.init()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.held[typeURL][name].version
+}
+
 // Resource decodes a held resource into m; false if it is not held.
 func (c *Client) Resource(typeURL, name string, m proto.Message) bool {
 	c.init()

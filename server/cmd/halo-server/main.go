@@ -80,6 +80,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.DurationVar(&cfg.EtcdRequestTimeout, "etcd-request-timeout", store.DefaultRequestTimeout,
 		"how long one etcd request may take before the call fails with UNAVAILABLE")
 	fs.StringVar(&cfg.MetricsAddress, "metrics-listen", "127.0.0.1:18001", "`host:port` serving Prometheus metrics at /metrics; empty turns metrics off")
+	fs.BoolVar(&cfg.EnablePprof, "pprof", false, "serve Go's profiler at /debug/pprof/ on --metrics-listen")
 	fs.BoolVar(&o.reflection, "reflection", true, "serve gRPC server reflection (grpcurl needs it to work without .proto files)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout,
 		"how long in-flight calls may take to finish on SIGTERM before connections are closed")
