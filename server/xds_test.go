@@ -242,8 +242,13 @@ func TestXDSNewMasterAndOnlyChanges(t *testing.T) {
 	}
 
 	// Draining master-4 changes its endpoint's health, and only EDS moves
-	// (only kube-apiserver's: master-4 is no etcd member).
+	// (only kube-apiserver's: master-4 is no etcd member). A worker joining
+	// just before sends this worker nothing at all (it would come first:
+	// one stream, in order).
 	before = len(worker.Events())
+	if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: newNode("local", "worker-2", "10.0.1.2", 0, wk)}); err != nil {
+		t.Fatal(err)
+	}
 	n, err := tc.GetNode(ctx, &halov1.GetNodeRequest{Cluster: "local", Name: "master-4"})
 	if err != nil {
 		t.Fatal(err)
@@ -258,7 +263,7 @@ func TestXDSNewMasterAndOnlyChanges(t *testing.T) {
 	})
 	after = worker.Events()[before:]
 	if len(after) != 1 || describeEvent(after[0]) != "EDS +kube-apiserver" {
-		t.Errorf("draining a master sent %s, want only EDS +kube-apiserver", describeEvents(after))
+		t.Errorf("a worker joining, then a master draining, sent %s; want only EDS +kube-apiserver", describeEvents(after))
 	}
 }
 

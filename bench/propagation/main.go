@@ -208,7 +208,8 @@ func run(bin string, n, writes int, delta bool) (row, error) {
 		return r, err
 	}
 	defer s.stop()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancelCause := context.WithCancelCause(context.Background())
+	cancel := func() { cancelCause(nil) }
 	defer cancel()
 	admin, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -288,7 +289,7 @@ func run(bin string, n, writes int, delta bool) (row, error) {
 			go func() {
 				defer runs.Done()
 				if err := c.Run(ctx, conn); err != nil && ctx.Err() == nil {
-					slog.Error("client failed", "node", c.Node.GetId(), "error", err)
+					cancelCause(fmt.Errorf("client %s: %w", c.Node.GetId(), err)) // fail the run, not hang it
 				}
 			}()
 			wctx, wcancel := context.WithTimeout(ctx, 5*time.Minute)
@@ -297,7 +298,7 @@ func run(bin string, n, writes int, delta bool) (row, error) {
 		})
 	}
 	if err := dialG.Wait(); err != nil {
-		return r, fmt.Errorf("connect clients: %w", err)
+		return r, fmt.Errorf("connect clients: %w (cause: %v)", err, context.Cause(ctx))
 	}
 	rssAfter, err := s.rss()
 	if err != nil {
@@ -400,7 +401,7 @@ func run(bin string, n, writes int, delta bool) (row, error) {
 			})
 		}
 		if err := wg.Wait(); err != nil {
-			return r, fmt.Errorf("write %d: %w", w, err)
+			return r, fmt.Errorf("write %d: %w (cause: %v)", w, err, context.Cause(ctx))
 		}
 		// Outside the timed window: every client got the write itself.
 		for i, c := range clients {

@@ -18,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/halolb/halo/server"
+	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
 
@@ -31,8 +32,10 @@ func main() {
 const usage = `halo-server: highly available kube-apiserver and etcd endpoints, as a control plane.
 
 It stores each cluster's endpoint topology (Kubespray's HA-endpoint variables) in
-etcd and serves the admin gRPC API (halo.v1.TopologyService, EndpointService) with
-server reflection and grpc.health.v1, so grpcurl works out of the box.
+etcd, streams every node's Envoy resources over xDS (ADS, Delta and state of the
+world) to halo agents and Envoy, and serves the admin gRPC API
+(halo.v1.TopologyService, EndpointService, StatusService) with server reflection
+and grpc.health.v1, so grpcurl works out of the box. All on one port.
 
 With no flags it runs the quick start: plaintext gRPC on 127.0.0.1:18000 and an
 embedded single-member etcd in ./halo-data. Plaintext is allowed only on loopback;
@@ -68,6 +71,11 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 		"`host:port` of the gRPC API (admin services, health, reflection); a non-loopback address needs --tls-cert and --tls-key")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate `file` for server TLS (with --tls-key)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key `file` for server TLS (with --tls-cert)")
+	fs.StringVar(&cfg.PeerCAFile, "peer-ca", "", "PEM CA `file` to verify the other replicas when this one asks them for agent status (with TLS; default: system roots)")
+	fs.StringVar(&cfg.ReplicaName, "replica-name", "", "this replica's `name` in agent status and in etcd's replica registry (default <hostname>:<port>)")
+	fs.StringVar(&cfg.AdvertiseAddress, "advertise-address", "",
+		"`host:port` where other replicas and Envoy reach this replica (default: --listen, or <hostname>:<port> when listening on all addresses)")
+	fs.DurationVar(&cfg.ReplicaTTL, "replica-ttl", replicas.DefaultTTL, "how long a replica that stopped without a word stays listed (its etcd lease)")
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir,
 		"`directory` of the embedded etcd (used without --etcd-endpoints); its client socket is <dir>/etcd.sock")
 	fs.StringVar(&o.etcdEndpoints, "etcd-endpoints", "",

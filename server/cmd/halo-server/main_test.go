@@ -320,7 +320,7 @@ func TestHelp(t *testing.T) {
 		t.Fatalf("exit code %d", code)
 	}
 	help := out.String()
-	for _, flag := range []string{"listen", "tls-cert", "tls-key", "data-dir", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key",
+	for _, flag := range []string{"listen", "tls-cert", "tls-key", "peer-ca", "replica-name", "advertise-address", "replica-ttl", "pprof", "data-dir", "etcd-endpoints", "etcd-cacert", "etcd-cert", "etcd-key",
 		"etcd-prefix", "etcd-dial-timeout", "etcd-request-timeout", "metrics-listen", "reflection", "shutdown-timeout", "log-level", "log-format", "version"} {
 		if !strings.Contains(help, "-"+flag+" ") && !strings.Contains(help, "-"+flag+"\n") {
 			t.Errorf("--help does not list --%s", flag)
