@@ -69,6 +69,7 @@ fuzz: ## run each validator fuzz target for FUZZTIME (default 20s)
 
 bench: ## run the Go benchmarks and the scenario benchmarks under bench/
 	go test -run '^$$' -bench '$(BENCH)' -benchmem ./...
+	go run ./bench/propagation -n 100,1000,10000 -writes 5
 	go run ./bench/topology -nodes 10000
 
 smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
