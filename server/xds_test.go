@@ -16,6 +16,7 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 
@@ -651,4 +652,34 @@ func TestXDSRefusesStreamsWithoutNode(t *testing.T) {
 	c := &adstest.Client{Node: &corev3.Node{Id: "worker-1"}, Delta: true}
 	err := c.Run(ctxT(t), srv.Conn)
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// TestDeadReplicaVanishes: a replica that died without revoking its lease
+// (here a registration made by hand, pointing at a closed port) is reported
+// unreachable, and disappears when its lease expires.
+func TestDeadReplicaVanishes(t *testing.T) {
+	srv := servertest.New(t)
+	ctx := ctxT(t)
+	lease, err := srv.Etcd.Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := servertest.Listen(t)
+	dead := lis.Addr().String()
+	lis.Close() // nothing listens there any more
+	if _, err := srv.Etcd.Put(ctx, "/halo/v1/replicas/ghost", dead, clientv3.WithLease(lease.ID)); err != nil {
+		t.Fatal(err)
+	}
+	sc := halov1.NewStatusServiceClient(srv.Conn)
+	resp, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(resp.GetUnreachableReplicas(), []string{"ghost"}) {
+		t.Fatalf("unreachable %v, want [ghost]", resp.GetUnreachableReplicas())
+	}
+	poll(t, "the dead replica's lease expiring", func() bool {
+		resp, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{})
+		return err == nil && len(resp.GetUnreachableReplicas()) == 0
+	})
 }
