@@ -83,6 +83,20 @@ func seed(t *testing.T, tc halov1.TopologyServiceClient) {
 	}
 }
 
+// clusterNames lists the stored clusters' names and the list's revision.
+func clusterNames(t *testing.T, tc halov1.TopologyServiceClient) ([]string, int64) {
+	t.Helper()
+	list, err := tc.ListClusters(ctxT(t), &halov1.ListClustersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, c := range list.GetClusters() {
+		names = append(names, c.GetName())
+	}
+	return names, list.GetRevision()
+}
+
 // etcdState is every key under the prefix with its revisions, and etcd's
 // current revision: if a call leaves it equal, the call wrote nothing.
 func etcdState(t *testing.T, c *clientv3.Client) string {
@@ -143,16 +157,9 @@ func TestClusterCRUD(t *testing.T) {
 	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "dev"}}); err != nil {
 		t.Fatal(err)
 	}
-	list, err := tc.ListClusters(ctx, &halov1.ListClustersRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, c := range list.GetClusters() {
-		names = append(names, c.GetName())
-	}
-	if !slices.Equal(names, []string{"dev", "prod"}) || list.GetRevision() < upd.GetRevision() {
-		t.Fatalf("list: %v at %d", names, list.GetRevision())
+	names, rev := clusterNames(t, tc)
+	if !slices.Equal(names, []string{"dev", "prod"}) || rev < upd.GetRevision() {
+		t.Fatalf("list: %v at %d", names, rev)
 	}
 
 	del, err := tc.DeleteCluster(ctx, &halov1.DeleteClusterRequest{Name: "dev"})
@@ -651,15 +658,7 @@ func TestEtcdDownAndBack(t *testing.T) {
 	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "after-outage"}}); err != nil {
 		t.Fatal(err)
 	}
-	list, err := tc.ListClusters(ctx, &halov1.ListClustersRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, c := range list.GetClusters() {
-		names = append(names, c.GetName())
-	}
-	if !slices.Equal(names, []string{"after-outage", "prod"}) {
+	if names, _ := clusterNames(t, tc); !slices.Equal(names, []string{"after-outage", "prod"}) {
 		t.Fatalf("clusters %v: the write during the outage must not be stored", names)
 	}
 }

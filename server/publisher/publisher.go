@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/backoff"
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/store"
@@ -85,10 +86,11 @@ func (p *Publisher) Synced() <-chan struct{} { return p.synced }
 // Run publishes the topology and follows its changes until ctx ends; it
 // returns nil then. etcd failures are retried with backoff, never fatal.
 func (p *Publisher) Run(ctx context.Context) error {
-	wait := p.cfg.RetryInterval
+	retry := backoff.Backoff{Initial: p.cfg.RetryInterval, Max: 10 * p.cfg.RetryInterval, Jitter: 0.2}
 	for {
 		all, rev, err := p.cfg.Store.LoadAll(ctx)
 		if err == nil {
+			retry.Reset()
 			p.replaceAll(all)
 			p.syncOnce.Do(func() { close(p.synced) })
 			p.log.Info("topology published", "clusters", len(all), "revision", rev)
@@ -100,18 +102,12 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.metrics.relists.Inc()
 		if errors.Is(err, store.ErrCompacted) {
 			p.log.Warn("topology watch fell behind etcd's compaction; loading everything again", "error", err)
-			wait = p.cfg.RetryInterval
 			continue
 		}
-		p.log.Warn("topology watch failed; retrying", "error", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		p.log.Warn("topology watch failed; retrying", "error", err)
+		if !retry.Wait(ctx) {
 			return nil
-		case <-t.C:
 		}
-		wait = min(2*wait, 10*p.cfg.RetryInterval)
 	}
 }
 

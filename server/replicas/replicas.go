@@ -13,6 +13,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/halolb/halo/internal/backoff"
 )
 
 // DefaultTTL is how long a replica stays listed after it stops renewing.
@@ -70,7 +72,7 @@ func key(prefix, name string) string { return prefix + "replicas/" + name }
 // (unreachable for longer than the TTL), Run registers again when it can.
 func (r *Registration) Run(ctx context.Context) error {
 	ttl := max(1, int(r.cfg.TTL/time.Second))
-	wait := 200 * time.Millisecond
+	retry := backoff.Backoff{Initial: 200 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}
 	for {
 		// The session (its grant and keepalive) ends with ctx, or after a
 		// lost lease is revoked.
@@ -82,7 +84,7 @@ func (r *Registration) Run(ctx context.Context) error {
 			pcancel()
 			if err == nil {
 				r.cfg.Logger.Debug("replica registered", "replica", r.cfg.Self.Name, "address", r.cfg.Self.Address)
-				wait = 200 * time.Millisecond
+				retry.Reset()
 				select {
 				case <-ctx.Done():
 				case <-sess.Done():
@@ -97,17 +99,9 @@ func (r *Registration) Run(ctx context.Context) error {
 			rcancel()
 		}
 		cancel()
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !retry.Wait(ctx) {
 			return nil
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		wait = min(2*wait, 5*time.Second)
 	}
 }
 
