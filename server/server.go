@@ -182,9 +182,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		grpcprom.WithServerHandlingTimeHistogram(grpcprom.WithHistogramNamespace("halo")))
 	registry.MustRegister(grpcMetrics)
 	opts := []grpc.ServerOption{
-		// Thousands of mostly idle agent connections: release each one's
-		// write buffer between writes, and notice dead peers.
-		grpc.SharedWriteBuffer(true),
+		// Thousands of mostly idle agent connections (gRPC releases each
+		// one's write buffer between writes by default): notice dead peers.
 		// Fixed flow-control windows turn off BDP estimation, whose pings
 		// would add a write and a read per small xDS message.
 		grpc.InitialWindowSize(1 << 20),

@@ -276,7 +276,7 @@ func run(bin string, n, writes int, delta bool) (row, error) {
 	for i := range n {
 		dialG.Go(func() error {
 			conn, err := grpc.NewClient(s.addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-				grpc.WithSharedWriteBuffer(true), grpc.WithReadBufferSize(4096), grpc.WithWriteBufferSize(4096),
+				grpc.WithReadBufferSize(4096), grpc.WithWriteBufferSize(4096),
 				// As the agent: fixed windows, no BDP pings.
 				grpc.WithInitialWindowSize(1<<20), grpc.WithInitialConnWindowSize(1<<20))
 			if err != nil {

@@ -60,13 +60,11 @@ var (
 // 4 load-balancer modes x {master, non-master, external}.
 func TestSeedTable(t *testing.T) {
 	type cell struct {
-		name    string
-		mod     func(*halov1.ApiServer)
-		mode    halov1.LoadBalancerMode
-		node    string // whose apiserver_url is checked, or "" for the external column
-		want    string
-		lbName  string
-		wantErr error
+		name string
+		mod  func(*halov1.ApiServer)
+		mode halov1.LoadBalancerMode
+		node string // whose apiserver_url is checked, or "" for the external column
+		want string
 	}
 	cells := []cell{
 		// local LB (default): https://bip:sp | https://lc:nsp | https://m[0].aip:sp
