@@ -101,6 +101,14 @@ func hasAll(typeURL string, names ...string) func(c *adstest.Client) bool {
 	}
 }
 
+// endpointCounts holds when the client has that many apiserver and etcd
+// endpoints.
+func endpointCounts(t *testing.T, apiservers, etcds int) func(c *adstest.Client) bool {
+	return func(c *adstest.Client) bool {
+		return len(endpointAddrs(t, c, "kube-apiserver")) == apiservers && len(endpointAddrs(t, c, "etcd")) == etcds
+	}
+}
+
 func endpointAddrs(t *testing.T, c *adstest.Client, cluster string) []string {
 	t.Helper()
 	cla := &endpointv3.ClusterLoadAssignment{}
@@ -172,7 +180,7 @@ func TestXDSResourcesPerRole(t *testing.T) {
 
 			// The worker: the apiserver and etcd local LBs, to the masters.
 			waitFor(t, worker, "listeners", hasAll(ldsT, "apiserver-local", "etcd-local"))
-			waitFor(t, worker, "endpoints", hasAll(edsT, "kube-apiserver", "etcd"))
+			waitFor(t, worker, "endpoints", endpointCounts(t, 3, 3))
 			ep, err := ec.ResolveEndpoints(ctxT(t), &halov1.ResolveEndpointsRequest{Cluster: "local", Node: "worker-1"})
 			if err != nil {
 				t.Fatal(err)
@@ -196,7 +204,7 @@ func TestXDSResourcesPerRole(t *testing.T) {
 
 			// The load-balancer node: the VIP, freebind, to its master.
 			waitFor(t, lbn, "vip listener", hasAll(ldsT, "apiserver-vip"))
-			waitFor(t, lbn, "vip endpoints", hasAll(edsT, "kube-apiserver"))
+			waitFor(t, lbn, "vip endpoints", func(c *adstest.Client) bool { return len(endpointAddrs(t, c, "kube-apiserver")) == 1 })
 			if addr, l := listenerAddr(t, lbn, "apiserver-vip"); addr != "10.9.0.100:8383" || !l.GetFreebind().GetValue() {
 				t.Errorf("lb: apiserver-vip on %s (freebind %v)", addr, l.GetFreebind().GetValue())
 			}
@@ -229,7 +237,7 @@ func TestXDSNewMasterAndOnlyChanges(t *testing.T) {
 	xdsTopology(t, tc)
 	worker := agent(t, srv.Conn, &adstest.Client{Node: nodeID("local", "worker-1"), Delta: true})
 	waitFor(t, worker, "initial", hasAll(ldsT, "apiserver-local", "etcd-local"))
-	waitFor(t, worker, "initial endpoints", hasAll(edsT, "kube-apiserver", "etcd"))
+	waitFor(t, worker, "initial endpoints", endpointCounts(t, 3, 3))
 	before := len(worker.Events())
 
 	ctx := ctxT(t)
@@ -287,8 +295,13 @@ func TestXDSMakeBeforeBreak(t *testing.T) {
 	for _, delta := range []bool{true, false} {
 		t.Run(map[bool]string{true: "delta", false: "sotw"}[delta], func(t *testing.T) {
 			w := agent(t, srv.Conn, &adstest.Client{Node: nodeID("local", "worker-1"), Delta: delta})
-			waitFor(t, w, "initial", hasAll(edsT, "kube-apiserver"))
-			waitFor(t, w, "initial listener", hasAll(ldsT, "apiserver-local"))
+			// Wait for the state with the etcd LB off (the replica may still
+			// be applying the change when the client connects).
+			waitFor(t, w, "initial", func(c *adstest.Client) bool {
+				_, el := c.Held(ldsT)["etcd-local"]
+				_, ec := c.Held(cdsT)["etcd"]
+				return hasAll(edsT, "kube-apiserver")(c) && hasAll(ldsT, "apiserver-local")(c) && !el && !ec
+			})
 
 			// On: CDS +etcd, EDS etcd, then LDS etcd-local.
 			mark := len(w.Events())
@@ -364,7 +377,10 @@ func TestXDSNack(t *testing.T) {
 		t.Run(map[bool]string{true: "delta", false: "sotw"}[delta], func(t *testing.T) {
 			setNSP(16443)
 			w := agent(t, srv.Conn, &adstest.Client{Node: nodeID("local", "worker-1"), Delta: delta, Decide: refuse})
-			waitFor(t, w, "initial", hasAll(ldsT, "apiserver-local", "etcd-local"))
+			waitFor(t, w, "initial", func(c *adstest.Client) bool {
+				addr, _ := listenerAddr(t, c, "apiserver-local")
+				return addr == "127.0.0.1:16443" && hasAll(ldsT, "etcd-local")(c)
+			})
 			setNSP(17443)
 			waitFor(t, w, "the NACK", func(c *adstest.Client) bool {
 				for _, e := range c.Events() {

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sync"
@@ -142,7 +143,10 @@ func (c *Client) runDelta(ctx context.Context, ads discoveryv3.AggregatedDiscove
 		if first {
 			r.Node, first = c.Node, false
 		}
-		return s.Send(r)
+		if err := s.Send(r); err != nil {
+			return streamError(err, func() error { _, err := s.Recv(); return err })
+		}
+		return nil
 	}
 	for _, t := range []string{resource.ClusterType, resource.ListenerType} {
 		if err := send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: c.Initial[t]}); err != nil {
@@ -235,7 +239,10 @@ func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		if first {
 			r.Node, first = c.Node, false
 		}
-		return s.Send(r)
+		if err := s.Send(r); err != nil {
+			return streamError(err, func() error { _, err := s.Recv(); return err })
+		}
+		return nil
 	}
 	acked := map[string]string{} // type → version
 	nonces := map[string]string{}
@@ -292,6 +299,19 @@ func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscover
 			}
 		}
 	}
+}
+
+// streamError turns a Send error into the stream's status: gRPC's Send
+// reports io.EOF when the server ended the stream, and Recv says why.
+func streamError(err error, recv func() error) error {
+	if errors.Is(err, io.EOF) {
+		for {
+			if rerr := recv(); rerr != nil {
+				return rerr
+			}
+		}
+	}
+	return err
 }
 
 // resourceName reads the name of a packed Envoy resource.
