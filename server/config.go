@@ -141,7 +141,7 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return fmt.Errorf("--listen %q is not host:port: %w", addr, err)
 	}
-	if c.TLSCertFile == "" && !IsLoopback(addr) {
+	if c.TLSCertFile == "" && !isLoopback(addr) {
 		return fmt.Errorf("--listen %s is not a loopback address, and plaintext is allowed only on loopback: "+
 			"anyone who reaches this port could rewrite the cluster's apiserver endpoints. "+
 			"Give --tls-cert and --tls-key, or listen on 127.0.0.1", addr)
@@ -179,9 +179,9 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// IsLoopback reports whether a host:port names a loopback address
+// isLoopback reports whether a host:port names a loopback address
 // (127.0.0.0/8, ::1 or "localhost"). An empty host means every address.
-func IsLoopback(hostport string) bool {
+func isLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return false

@@ -14,7 +14,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -45,11 +44,9 @@ type Config struct {
 // Publisher publishes snapshots from the topology. Create it with New and
 // run it with Run.
 type Publisher struct {
-	cfg      Config
-	log      *slog.Logger
-	metrics  *metrics
-	synced   chan struct{}
-	syncOnce sync.Once
+	cfg     Config
+	log     *slog.Logger
+	metrics *metrics
 
 	// The topology as last seen, owned by Run.
 	clusters map[string]*model
@@ -77,11 +74,8 @@ func New(cfg Config) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{cfg: cfg, log: cfg.Logger, metrics: m, synced: make(chan struct{}), clusters: map[string]*model{}}, nil
+	return &Publisher{cfg: cfg, log: cfg.Logger, metrics: m, clusters: map[string]*model{}}, nil
 }
-
-// Synced is closed once the whole topology has been published once.
-func (p *Publisher) Synced() <-chan struct{} { return p.synced }
 
 // Run publishes the topology and follows its changes until ctx ends; it
 // returns nil then. etcd failures are retried with backoff, never fatal.
@@ -92,7 +86,6 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if err == nil {
 			retry.Reset()
 			p.replaceAll(all)
-			p.syncOnce.Do(func() { close(p.synced) })
 			p.log.Info("topology published", "clusters", len(all), "revision", rev)
 			err = p.cfg.Store.Watch(ctx, "", rev+1, p.apply)
 		}

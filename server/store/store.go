@@ -145,9 +145,6 @@ func (s *Store) indexKeys(n *halov1.Node) []string {
 	return keys
 }
 
-// Prefix returns the key prefix the store writes under.
-func (s *Store) Prefix() string { return s.prefix }
-
 // read runs read-only operations at one revision.
 func (s *Store) read(ctx context.Context, op string, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
 	rctx, cancel := context.WithTimeout(ctx, s.timeout)
