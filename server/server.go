@@ -51,6 +51,7 @@ type Server struct {
 	tls   *tls.Config
 	log   *slog.Logger
 	ready chan struct{}
+	hub   *ads.Hub
 
 	mu          sync.Mutex
 	addr        net.Addr
@@ -68,8 +69,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	return &Server{cfg: cfg, tls: tlsCfg, log: cfg.Logger, ready: make(chan struct{})}, nil
+	return &Server{cfg: cfg, tls: tlsCfg, log: cfg.Logger, ready: make(chan struct{}), hub: ads.NewHub()}, nil
 }
+
+// Hub holds what the server's xDS streams serve. The publisher keeps it
+// in step with the topology; an embedder (or a test) may publish a
+// snapshot of its own through it, which lasts until the cluster's next
+// topology change.
+func (s *Server) Hub() *ads.Hub { return s.hub }
 
 // Ready is closed once the server accepts gRPC calls.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -148,7 +155,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	defer endStreams()
 	registry := prometheus.NewRegistry()
 	replica, advertise := s.cfg.identity(lis.Addr())
-	hub := ads.NewHub()
+	hub := s.hub
 	adsSrv, err := ads.New(ads.Config{Hub: hub, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -10,20 +10,17 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"strings"
 	"syscall"
 
+	"github.com/halolb/halo/internal/logging"
+	"github.com/halolb/halo/internal/version"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = ""
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
@@ -114,7 +111,7 @@ func run(args []string, stderr io.Writer) int {
 		return 2
 	}
 	if o.showVersion {
-		fmt.Fprintln(stderr, "halo-server", buildVersion())
+		fmt.Fprintln(stderr, "halo-server", version.String())
 		return 0
 	}
 	cfg := o.cfg
@@ -122,7 +119,7 @@ func run(args []string, stderr io.Writer) int {
 	if o.etcdEndpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(o.etcdEndpoints, ",")
 	}
-	logger, err := newLogger(stderr, o.logLevel, o.logFormat)
+	logger, err := logging.New(stderr, o.logLevel, o.logFormat)
 	if err != nil {
 		fmt.Fprintf(stderr, "halo-server: %v\n", err)
 		return 2
@@ -136,42 +133,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	logger.Info("starting halo-server", "version", buildVersion())
+	logger.Info("starting halo-server", "version", version.String())
 	if err := srv.Run(ctx); err != nil {
 		logger.Error("halo-server failed", "error", err)
 		return 1
 	}
 	return 0
-}
-
-func newLogger(w io.Writer, level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "auto":
-		if f, ok := w.(*os.File); ok {
-			if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
-				return slog.New(slog.NewTextHandler(w, opts)), nil
-			}
-		}
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, fmt.Errorf("--log-format %q: want json, text or auto", format)
-}
-
-func buildVersion() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "dev"
 }

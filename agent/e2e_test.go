@@ -1,0 +1,516 @@
+package agent_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/agent"
+	"github.com/halolb/halo/internal/pki"
+	"github.com/halolb/halo/server/ads"
+	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/snapshot"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// apiserver is a fake kube-apiserver: a real TLS HTTP server that answers
+// /readyz and says who it is on /whoami, on its own loopback address.
+type apiserver struct {
+	name     string
+	addr     netip.AddrPort
+	srv      *http.Server
+	accepted atomic.Int64 // TLS connections accepted
+	done     chan struct{}
+}
+
+func startAPIServer(t *testing.T, ca *pki.CA, name string, addr netip.AddrPort) *apiserver {
+	t.Helper()
+	issued, err := ca.Issue(pki.Request{CommonName: name, DNSNames: []string{"localhost", "kubernetes"},
+		IPs: []net.IP{net.ParseIP("127.0.0.1"), addr.Addr().AsSlice()}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := tls.X509KeyPair(issued.CertPEM, issued.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", addr.String())
+	if err != nil {
+		t.Fatalf("fake apiserver %s: %v", name, err)
+	}
+	a := &apiserver{name: name, addr: netip.MustParseAddrPort(ln.Addr().String()), done: make(chan struct{})}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
+	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, name) })
+	a.srv = &http.Server{
+		Handler:   mux,
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			if s == http.StateNew {
+				a.accepted.Add(1)
+			}
+		},
+		ErrorLog: nil,
+	}
+	go func() {
+		defer close(a.done)
+		a.srv.ServeTLS(ln, "", "")
+	}()
+	t.Cleanup(a.kill)
+	return a
+}
+
+// kill stops the apiserver as a crash would: listener and connections
+// closed at once.
+func (a *apiserver) kill() {
+	a.srv.Close()
+	<-a.done
+}
+
+// env is one end-to-end setup: a halo-server on embedded etcd, fake
+// apiservers, and the client side's TLS settings.
+type env struct {
+	t       *testing.T
+	srv     *servertest.Server
+	tc      halov1.TopologyServiceClient
+	ca      *pki.CA
+	port    uint16 // the masters' apiserver port (sp)
+	nsp     uint16 // the local LB port
+	masters map[string]*apiserver
+	tr      *http.Transport // one TLS connection per request
+}
+
+const clusterName = "e2e"
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ca, err := pki.NewCA("e2e-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, srv: servertest.New(t), ca: ca, masters: map[string]*apiserver{}}
+	e.tc = halov1.NewTopologyServiceClient(e.srv.Conn)
+	e.nsp = freePort(t, "127.0.0.1")
+	e.tr = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, DisableKeepAlives: true}
+	t.Cleanup(e.tr.CloseIdleConnections)
+	// The masters share one port on their own loopback addresses, like
+	// real masters on their own hosts.
+	m1 := startAPIServer(t, ca, "master-1", netip.MustParseAddrPort("127.0.0.11:0"))
+	e.port = m1.addr.Port()
+	e.masters["master-1"] = m1
+	for i := 2; i <= 3; i++ {
+		e.addMasterServer(fmt.Sprintf("master-%d", i), i)
+	}
+	ctx := ctxT(t)
+	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp)}}
+	if _, err := e.tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: c}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 3; i++ {
+		e.putMaster(fmt.Sprintf("master-%d", i), i)
+	}
+	worker := &halov1.Node{Cluster: clusterName, Name: "worker-1", Ip: "127.0.0.21", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}
+	if _, err := e.tc.PutNode(ctx, &halov1.PutNodeRequest{Node: worker}); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func (e *env) addMasterServer(name string, i int) *apiserver {
+	a := startAPIServer(e.t, e.ca, name, netip.AddrPortFrom(masterIP(i), e.port))
+	e.masters[name] = a
+	return a
+}
+
+func masterIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{127, 0, 0, byte(10 + i)}) }
+
+func (e *env) putMaster(name string, i int) {
+	e.t.Helper()
+	n := &halov1.Node{Cluster: clusterName, Name: name, Ip: masterIP(i).String(), Ordinal: int32(i - 1),
+		Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}
+	if _, err := e.tc.PutNode(ctxT(e.t), &halov1.PutNodeRequest{Node: n}); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// freePort returns a port that was free on ip a moment ago (the agent's
+// listener port comes from the topology, so it cannot be :0).
+func freePort(t *testing.T, ip string) uint16 {
+	t.Helper()
+	ln, err := net.Listen("tcp", ip+":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return netip.MustParseAddrPort(ln.Addr().String()).Port()
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// runningAgent is an agent running for a test.
+type runningAgent struct {
+	*agent.Agent
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.AdminListener = ln
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
+	a, err := agent.New(cfg)
+	if err != nil {
+		ln.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *runningAgent) stop() {
+	if r.cancel == nil {
+		return
+	}
+	r.cancel()
+	r.cancel = nil
+	<-r.done
+}
+
+// testWriter sends logs to t.Log while the test runs.
+type testWriter struct{ t *testing.T }
+
+var logMu sync.Mutex
+
+func (w testWriter) Write(p []byte) (int, error) {
+	logMu.Lock()
+	defer logMu.Unlock()
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// poll waits for cond, failing the test after a deadline.
+func poll(t *testing.T, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	wait := time.Millisecond
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// whoami opens a new TLS connection through addr and asks who answers.
+func (e *env) whoami(addr string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, "https://"+addr+"/whoami", nil)
+	if err != nil {
+		return "", err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.tr.RoundTrip(req.WithContext(ctx))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func (e *env) local() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(e.nsp))) }
+
+// spread makes n new connections through the agent and counts who
+// answered; any failure fails the test.
+func (e *env) spread(n int) map[string]int {
+	e.t.Helper()
+	got := map[string]int{}
+	for range n {
+		who, err := e.whoami(e.local())
+		if err != nil {
+			e.t.Fatalf("through the agent: %v", err)
+		}
+		got[who]++
+	}
+	return got
+}
+
+// keptConn is one TLS connection through the agent that sends requests
+// one after another.
+type keptConn struct {
+	c  *tls.Conn
+	br *bufio.Reader
+}
+
+func (e *env) dialKept() *keptConn {
+	e.t.Helper()
+	c, err := tls.Dial("tcp", e.local(), &tls.Config{RootCAs: e.ca.Pool()})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return &keptConn{c: c, br: bufio.NewReader(c)}
+}
+
+func (k *keptConn) whoami() (string, error) {
+	k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(k.c, "GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
+		return "", err
+	}
+	resp, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+func hostsOf(a *runningAgent) []string {
+	c := a.Proxy().Cluster(snapshot.ClusterAPIServer)
+	if c == nil {
+		return nil
+	}
+	var out []string
+	for _, h := range c.Hosts() {
+		out = append(out, h.Addr().String())
+	}
+	slices.Sort(out)
+	return out
+}
+
+func wantHosts(a *runningAgent, ips ...int) func() error {
+	return func() error {
+		var want []string
+		for _, i := range ips {
+			want = append(want, masterIP(i).String())
+		}
+		if got := hostsOf(a); !slices.Equal(got, want) {
+			return fmt.Errorf("agent's apiserver endpoints %v, want %v", got, want)
+		}
+		return nil
+	}
+}
+
+// TestEndToEnd runs the agent as a worker against a halo-server and three
+// fake apiservers, and walks through what operators rely on: spread,
+// masters joining and leaving without restarts or dropped connections, a
+// dead master invisible to clients, the control plane going away, a
+// restart from the cache, and a refused (NACKed) update.
+func TestEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	e := newEnv(t)
+	cacheDir := t.TempDir()
+	a := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir})
+	poll(t, "agent ready", func() error { return a.Ready() })
+	poll(t, "three masters", wantHosts(a, 1, 2, 3))
+
+	// Traffic through 127.0.0.1:nsp reaches all three masters.
+	got := e.spread(60)
+	for i := 1; i <= 3; i++ {
+		if got[fmt.Sprintf("master-%d", i)] < 5 {
+			t.Fatalf("spread over the masters: %v", got)
+		}
+	}
+	t.Logf("60 connections: %v", got)
+
+	// Connections opened now must survive every change below.
+	kept := []*keptConn{e.dialKept(), e.dialKept(), e.dialKept()}
+	keptBy := map[*keptConn]string{}
+	for _, k := range kept {
+		who, err := k.whoami()
+		if err != nil {
+			t.Fatal(err)
+		}
+		keptBy[k] = who
+	}
+	dead := map[string]bool{}
+	checkKept := func(when string) {
+		t.Helper()
+		for _, k := range kept {
+			if dead[keptBy[k]] {
+				continue
+			}
+			who, err := k.whoami()
+			if err != nil || who != keptBy[k] {
+				t.Fatalf("%s: a connection opened before (to %s) broke: %q, %v", when, keptBy[k], who, err)
+			}
+		}
+	}
+
+	// A fourth master added through the admin API gets traffic, with no
+	// agent restart, and the open connections stay open.
+	m4 := e.addMasterServer("master-4", 4)
+	e.putMaster("master-4", 4)
+	poll(t, "four masters", wantHosts(a, 1, 2, 3, 4))
+	checkKept("master-4 added")
+	poll(t, "master-4 gets traffic", func() error {
+		if who, err := e.whoami(e.local()); err != nil || who != "master-4" {
+			return fmt.Errorf("answered by %q (%v)", who, err)
+		}
+		return nil
+	})
+
+	// A removed master gets no new connections.
+	if _, err := e.tc.DeleteNode(ctxT(t), &halov1.DeleteNodeRequest{Cluster: clusterName, Name: "master-4"}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "master-4 removed", wantHosts(a, 1, 2, 3))
+	before := m4.accepted.Load()
+	if got := e.spread(30); got["master-4"] != 0 {
+		t.Fatalf("removed master got connections: %v", got)
+	}
+	if after := m4.accepted.Load(); after != before {
+		t.Fatalf("removed master accepted %d new connections", after-before)
+	}
+	checkKept("master-4 removed")
+
+	// With one master's process killed, 1,000 new connections through
+	// the agent all succeed.
+	e.masters["master-1"].kill()
+	dead["master-1"] = true
+	var g errgroup.Group
+	g.SetLimit(16)
+	var ok atomic.Int64
+	for range 1000 {
+		g.Go(func() error {
+			who, err := e.whoami(e.local())
+			if err != nil {
+				return err
+			}
+			if who == "master-1" {
+				return errors.New("the killed master answered")
+			}
+			ok.Add(1)
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("with master-1 dead: %d of 1000 succeeded before: %v", ok.Load(), err)
+	}
+	checkKept("master-1 killed")
+
+	// An unsupported filter pushed: the agent NACKs it, ListAgents shows
+	// it, and the old configuration keeps serving.
+	pushUnsupportedFilter(t, e)
+	poll(t, "the NACK in ListAgents", func() error {
+		resp, err := halov1.NewStatusServiceClient(e.srv.Conn).ListAgents(ctxT(t), &halov1.ListAgentsRequest{Cluster: clusterName})
+		if err != nil {
+			return err
+		}
+		for _, ag := range resp.GetAgents() {
+			for _, ts := range ag.GetTypes() {
+				if ag.GetNode() == "worker-1" && ts.GetTypeUrl() == resource.ListenerType && strings.Contains(ts.GetNackError(), "http_connection_manager") {
+					t.Logf("ListAgents: %s", ts.GetNackError())
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no NACK for worker-1's listeners in %v", resp.GetAgents())
+	})
+	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
+		t.Fatalf("after the NACK: %v", got)
+	}
+	checkKept("NACK")
+
+	// halo-server stopped: the agent keeps serving.
+	e.srv.Close()
+	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
+		t.Fatalf("control plane down: %v", got)
+	}
+	checkKept("control plane down")
+	if err := a.Ready(); err != nil {
+		t.Errorf("not ready with the control plane down: %v", err)
+	}
+
+	// The agent restarted while the server is down serves from its cache.
+	a.stop()
+	a2 := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir})
+	poll(t, "restarted agent ready", func() error { return a2.Ready() })
+	poll(t, "cached endpoints", wantHosts(a2, 1, 2, 3))
+	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
+		t.Fatalf("from the cache: %v", got)
+	}
+}
+
+// pushUnsupportedFilter publishes, through the server's hub, the worker's
+// resources with its listener's tcp_proxy replaced by an HTTP connection
+// manager, a filter halo-agent does not run.
+func pushUnsupportedFilter(t *testing.T, e *env) {
+	t.Helper()
+	hub := e.srv.Server().Hub()
+	view := hub.Lookup(clusterName, "worker-1")
+	if view.Snapshot == nil {
+		t.Fatalf("no snapshot for worker-1: %s", view.Condition)
+	}
+	old := view.Snapshot.Get(resource.ListenerType, snapshot.ListenerAPIServerLocal)
+	l := proto.Clone(old.Message).(*listenerv3.Listener)
+	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: "http"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.FilterChains[0].Filters[0].Name = "envoy.filters.network.http_connection_manager"
+	l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: hcm}
+	body, err := anypb.New(l)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := &snapshot.Snapshot{Profile: view.Profile, Resources: map[string]map[string]*snapshot.Resource{}, Versions: map[string]string{}}
+	for typ, rs := range view.Snapshot.Resources {
+		snap.Resources[typ] = maps.Clone(rs)
+	}
+	snap.Resources[resource.ListenerType][l.Name] = &snapshot.Resource{Name: l.Name, Version: "unsupported-filter", Message: l, Any: body, Clusters: old.Clusters}
+	for typ, rs := range snap.Resources {
+		versions := map[string]string{}
+		for n, r := range rs {
+			versions[n] = r.Version
+		}
+		snap.Versions[typ] = snapshot.TypeVersion(versions)
+	}
+	hub.Publish(clusterName, ads.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
+}
