@@ -28,8 +28,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
-	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/agent"
+	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/servertest"

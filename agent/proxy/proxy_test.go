@@ -29,11 +29,11 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // backend is a TCP server that greets each connection with its name, then
 // echoes lines back prefixed with its name.
 type backend struct {
-	name string
-	ln   net.Listener
-	addr netip.AddrPort
-	wg   sync.WaitGroup
-	mu   sync.Mutex
+	name  string
+	ln    net.Listener
+	addr  netip.AddrPort
+	wg    sync.WaitGroup
+	mu    sync.Mutex
 	conns []net.Conn
 }
 
@@ -106,12 +106,12 @@ func deadAddr(t *testing.T) netip.AddrPort {
 }
 
 type harness struct {
-	t     *testing.T
-	p     *proxy.Proxy
-	reg   *prometheus.Registry
-	addr  netip.AddrPort
-	stop  context.CancelFunc
-	g     *errgroup.Group
+	t    *testing.T
+	p    *proxy.Proxy
+	reg  *prometheus.Registry
+	addr netip.AddrPort
+	stop context.CancelFunc
+	g    *errgroup.Group
 }
 
 func newHarness(t *testing.T) *harness {
