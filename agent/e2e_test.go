@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -344,9 +345,15 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
+	for _, sotw := range []bool{false, true} {
+		t.Run(map[bool]string{false: "delta", true: "sotw"}[sotw], func(t *testing.T) { endToEnd(t, sotw) })
+	}
+}
+
+func endToEnd(t *testing.T, sotw bool) {
 	e := newEnv(t)
 	cacheDir := t.TempDir()
-	a := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir})
+	a := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir, SotW: sotw})
 	poll(t, "agent ready", func() error { return a.Ready() })
 	poll(t, "three masters", wantHosts(a, 1, 2, 3))
 
@@ -437,26 +444,22 @@ func TestEndToEnd(t *testing.T) {
 
 	// An unsupported filter pushed: the agent NACKs it, ListAgents shows
 	// it, and the old configuration keeps serving.
-	pushUnsupportedFilter(t, e)
-	poll(t, "the NACK in ListAgents", func() error {
-		resp, err := halov1.NewStatusServiceClient(e.srv.Conn).ListAgents(ctxT(t), &halov1.ListAgentsRequest{Cluster: clusterName})
-		if err != nil {
-			return err
-		}
-		for _, ag := range resp.GetAgents() {
-			for _, ts := range ag.GetTypes() {
-				if ag.GetNode() == "worker-1" && ts.GetTypeUrl() == resource.ListenerType && strings.Contains(ts.GetNackError(), "http_connection_manager") {
-					t.Logf("ListAgents: %s", ts.GetNackError())
-					return nil
-				}
-			}
-		}
-		return fmt.Errorf("no NACK for worker-1's listeners in %v", resp.GetAgents())
-	})
+	pushTampered(t, e, unsupportedFilter)
+	waitNack(t, e, resource.ListenerType, "http_connection_manager")
 	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
 		t.Fatalf("after the NACK: %v", got)
 	}
 	checkKept("NACK")
+
+	// Endpoints that would leave the listener's cluster empty: NACKed,
+	// the last good set keeps serving (a bad push must not black-hole
+	// the node).
+	pushTampered(t, e, noEndpoints)
+	waitNack(t, e, resource.EndpointType, "no endpoints")
+	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
+		t.Fatalf("after the empty endpoints: %v", got)
+	}
+	checkKept("empty endpoints")
 
 	// halo-server stopped: the agent keeps serving.
 	e.srv.Close()
@@ -470,7 +473,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// The agent restarted while the server is down serves from its cache.
 	a.stop()
-	a2 := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir})
+	a2 := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: cacheDir, SotW: sotw})
 	poll(t, "restarted agent ready", func() error { return a2.Ready() })
 	poll(t, "cached endpoints", wantHosts(a2, 1, 2, 3))
 	if got := e.spread(20); got["master-2"]+got["master-3"] != 20 {
@@ -478,17 +481,31 @@ func TestEndToEnd(t *testing.T) {
 	}
 }
 
-// pushUnsupportedFilter publishes, through the server's hub, the worker's
-// resources with its listener's tcp_proxy replaced by an HTTP connection
-// manager, a filter halo-agent does not run.
-func pushUnsupportedFilter(t *testing.T, e *env) {
+// waitNack waits until ListAgents shows worker-1 refusing typeURL with
+// an error that contains text.
+func waitNack(t *testing.T, e *env, typeURL, text string) {
 	t.Helper()
-	hub := e.srv.Server().Hub()
-	view := hub.Lookup(clusterName, "worker-1")
-	if view.Snapshot == nil {
-		t.Fatalf("no snapshot for worker-1: %s", view.Condition)
-	}
-	old := view.Snapshot.Get(resource.ListenerType, snapshot.ListenerAPIServerLocal)
+	poll(t, "the NACK in ListAgents", func() error {
+		resp, err := halov1.NewStatusServiceClient(e.srv.Conn).ListAgents(ctxT(t), &halov1.ListAgentsRequest{Cluster: clusterName})
+		if err != nil {
+			return err
+		}
+		for _, ag := range resp.GetAgents() {
+			for _, ts := range ag.GetTypes() {
+				if ag.GetNode() == "worker-1" && ts.GetTypeUrl() == typeURL && strings.Contains(ts.GetNackError(), text) {
+					t.Logf("ListAgents: %s", ts.GetNackError())
+					return nil
+				}
+			}
+		}
+		return fmt.Errorf("no NACK with %q for worker-1 in %v", text, resp.GetAgents())
+	})
+}
+
+// unsupportedFilter replaces the listener's tcp_proxy by an HTTP
+// connection manager, a filter halo-agent does not run.
+func unsupportedFilter(t *testing.T, s *snapshot.Snapshot) *snapshot.Resource {
+	old := s.Get(resource.ListenerType, snapshot.ListenerAPIServerLocal)
 	l := proto.Clone(old.Message).(*listenerv3.Listener)
 	hcm, err := anypb.New(&hcmv3.HttpConnectionManager{StatPrefix: "http"})
 	if err != nil {
@@ -496,15 +513,40 @@ func pushUnsupportedFilter(t *testing.T, e *env) {
 	}
 	l.FilterChains[0].Filters[0].Name = "envoy.filters.network.http_connection_manager"
 	l.FilterChains[0].Filters[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: hcm}
-	body, err := anypb.New(l)
+	return tampered(t, l.Name, l, old.Clusters)
+}
+
+// noEndpoints empties the apiserver cluster's endpoints.
+func noEndpoints(t *testing.T, _ *snapshot.Snapshot) *snapshot.Resource {
+	return tampered(t, snapshot.ClusterAPIServer, &endpointv3.ClusterLoadAssignment{ClusterName: snapshot.ClusterAPIServer}, nil)
+}
+
+func tampered(t *testing.T, name string, m proto.Message, clusters []string) *snapshot.Resource {
+	t.Helper()
+	body, err := anypb.New(m)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return &snapshot.Resource{Name: name, Version: "tampered-" + name, Message: m, Any: body, Clusters: clusters}
+}
+
+// pushTampered publishes, through the server's hub, worker-1's resources
+// with one resource replaced by what change returns. halo-server never
+// builds such resources itself; another control plane (or a bug) could.
+func pushTampered(t *testing.T, e *env, change func(*testing.T, *snapshot.Snapshot) *snapshot.Resource) {
+	t.Helper()
+	hub := e.srv.Server().Hub()
+	view := hub.Lookup(clusterName, "worker-1")
+	if view.Snapshot == nil {
+		t.Fatalf("no snapshot for worker-1: %s", view.Condition)
+	}
+	r := change(t, view.Snapshot)
+	typeURL := r.Any.GetTypeUrl()
 	snap := &snapshot.Snapshot{Profile: view.Profile, Resources: map[string]map[string]*snapshot.Resource{}, Versions: map[string]string{}}
 	for typ, rs := range view.Snapshot.Resources {
 		snap.Resources[typ] = maps.Clone(rs)
 	}
-	snap.Resources[resource.ListenerType][l.Name] = &snapshot.Resource{Name: l.Name, Version: "unsupported-filter", Message: l, Any: body, Clusters: old.Clusters}
+	snap.Resources[typeURL][r.Name] = r
 	for typ, rs := range snap.Resources {
 		versions := map[string]string{}
 		for n, r := range rs {
@@ -513,4 +555,47 @@ func pushUnsupportedFilter(t *testing.T, e *env) {
 		snap.Versions[typ] = snapshot.TypeVersion(versions)
 	}
 	hub.Publish(clusterName, ads.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
+}
+
+// TestBootstrapHandsOverToServer: an agent with no cache serves
+// --bootstrap-backends at once, then takes the servers' configuration on
+// the same address without refusing a connection.
+func TestBootstrapHandsOverToServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	e := newEnv(t)
+	listen := netip.MustParseAddrPort(e.local())
+	// The first server address is dead: the agent backs off before it
+	// reaches the live one, serving the bootstrap backend meanwhile.
+	dead := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1")).String()
+	a := startAgent(t, agent.Config{Servers: []string{dead, e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: t.TempDir(),
+		BootstrapBackends: []netip.AddrPort{e.masters["master-1"].addr}, BootstrapListen: listen})
+	poll(t, "agent ready", func() error { return a.Ready() })
+	var refused atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	var g errgroup.Group
+	g.Go(func() error {
+		for n := 0; ctx.Err() == nil && n < 100000; n++ {
+			c, err := net.Dial("tcp", listen.String())
+			if err != nil {
+				refused.Add(1)
+				continue
+			}
+			c.Close()
+		}
+		return nil
+	})
+	poll(t, "the servers' configuration", wantHosts(a, 1, 2, 3))
+	cancel()
+	g.Wait()
+	if n := refused.Load(); n > 0 {
+		t.Fatalf("%d connections refused while the bootstrap listener handed over", n)
+	}
+	if _, ok := a.Proxy().Addr(snapshot.ListenerAPIServerLocal); !ok {
+		t.Fatal("apiserver-local not bound after the handover")
+	}
+	if got := e.spread(30); len(got) != 3 {
+		t.Fatalf("after the handover: %v", got)
+	}
 }
