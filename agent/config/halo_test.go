@@ -1,0 +1,277 @@
+package config_test
+
+import (
+	"math"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/halolb/halo/agent/config"
+	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/server/snapshot"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+const (
+	cp = halov1.Role_ROLE_CONTROL_PLANE
+	et = halov1.Role_ROLE_ETCD
+	wk = halov1.Role_ROLE_WORKER
+	lb = halov1.Role_ROLE_LOAD_BALANCER
+)
+
+// addrs compares addresses by value (netip's fields are unexported).
+var addrs = cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+
+func node(name, ip, aip string, ordinal int32, roles ...halov1.Role) *halov1.Node {
+	return &halov1.Node{Cluster: "prod", Name: name, Ip: ip, AccessIp: aip, Ordinal: ordinal, Roles: roles}
+}
+
+// nodes are like server/snapshot's: masters (some etcd members), an etcd
+// member, a worker, and load-balancer nodes, IPv4 and IPv6.
+func nodes() []*halov1.Node {
+	return []*halov1.Node{
+		node("master-c", "10.0.0.3", "192.0.2.3", 2, cp, et),
+		node("master-a", "10.0.0.1", "192.0.2.1", 0, cp, et),
+		node("master-b", "10.0.0.2", "192.0.2.2", 1, cp),
+		node("master-6", "fd00::6", "", 3, cp),
+		node("etcd-4", "10.0.0.4", "", 3, et),
+		node("worker-1", "10.0.1.1", "", 0, wk),
+		node("lb-1", "10.0.2.1", "", 0, lb),
+		node("lb-master", "10.0.2.2", "", 9, lb, cp),
+	}
+}
+
+// fixtures are clusters in each load-balancer mode, with and without the
+// etcd local LB, IPv6, and every lb policy.
+func fixtures() map[string]*halov1.Cluster {
+	vip := &halov1.ExternalLB{Address: "203.0.113.10", Port: 8383}
+	return map[string]*halov1.Cluster{
+		"local":           {Name: "prod"},
+		"local, etcd LB":  {Name: "prod", Apiserver: &halov1.ApiServer{LocalLbPort: 16443}, Etcd: &halov1.Etcd{LocalLb: true, LocalLbPort: 12379}},
+		"local+unmanaged": {Name: "prod", Apiserver: &halov1.ApiServer{UnmanagedLbUrl: "https://k8s.example.com:8443", Port: 7443}},
+		"managed":         {Name: "prod", Apiserver: &halov1.ApiServer{ExternalLb: vip, LbPolicy: halov1.LbPolicy_LB_POLICY_RANDOM}},
+		"managed, IPv6 VIP, etcd LB, round robin": {Name: "prod", Apiserver: &halov1.ApiServer{
+			ExternalLb: &halov1.ExternalLB{Address: "2001:db8::10"}, LbPolicy: halov1.LbPolicy_LB_POLICY_ROUND_ROBIN,
+			ConnectTimeout: durationpb.New(2 * time.Second), IdleTimeout: durationpb.New(time.Hour)},
+			Etcd: &halov1.Etcd{LocalLb: true, ClientPort: 4001}},
+		"least request, no idle timeout": {Name: "prod", Apiserver: &halov1.ApiServer{
+			LbPolicy: halov1.LbPolicy_LB_POLICY_LEAST_REQUEST, IdleTimeout: durationpb.New(0)}},
+		"neither": {Name: "prod", Apiserver: &halov1.ApiServer{LocalhostLb: proto.Bool(false)}},
+	}
+}
+
+// health gives master-b UNHEALTHY, master-c DEGRADED, etcd-4 TIMEOUT, the
+// rest HEALTHY; master-a is draining.
+func health(_, n string) corev3.HealthStatus {
+	switch n {
+	case "master-b":
+		return corev3.HealthStatus_UNHEALTHY
+	case "master-c":
+		return corev3.HealthStatus_DEGRADED
+	case "etcd-4":
+		return corev3.HealthStatus_TIMEOUT
+	}
+	return corev3.HealthStatus_HEALTHY
+}
+
+// haloSnapshots builds every fixture, with and without health, and returns
+// every snapshot halo-server can publish.
+func haloSnapshots(t testing.TB) map[string]*snapshot.Snapshot {
+	t.Helper()
+	out := map[string]*snapshot.Snapshot{}
+	for fname, c := range fixtures() {
+		for _, h := range []snapshot.Health{nil, health} {
+			ns := nodes()
+			if h != nil {
+				ns[1].Draining = true // master-a
+			}
+			res := snapshot.Build(snapshot.Input{Cluster: c, Nodes: ns, Health: h})
+			if len(res.Held) != 0 {
+				t.Fatalf("%s: held: %v", fname, res.Held)
+			}
+			for p, s := range res.Snapshots {
+				key := fname + " " + p
+				if h != nil {
+					key += " (health)"
+				}
+				out[key] = s
+			}
+		}
+	}
+	return out
+}
+
+// TestHaloResourcesAccepted decodes every resource of every snapshot
+// halo-server builds and checks the translation field by field against the
+// Envoy resource, then checks each snapshot is a valid Set.
+func TestHaloResourcesAccepted(t *testing.T) {
+	snaps := haloSnapshots(t)
+	if len(snaps) < 10 {
+		t.Fatalf("only %d snapshots", len(snaps))
+	}
+	for key, s := range snaps {
+		t.Run(key, func(t *testing.T) {
+			set := &config.Set{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Endpoints: map[string]*config.Endpoints{}}
+			for _, typ := range snapshot.Types {
+				for name, r := range s.Resources[typ] {
+					gotName, v, err := config.Decode(r.Any)
+					if err != nil {
+						t.Fatalf("%s %s: %v", typ, name, err)
+					}
+					if gotName != name {
+						t.Errorf("%s: name %q", name, gotName)
+					}
+					switch m := r.Message.(type) {
+					case *listenerv3.Listener:
+						set.Listeners[name] = v.(*config.Listener)
+						if d := cmp.Diff(wantListener(t, m), v, addrs); d != "" {
+							t.Errorf("listener %s (-want +got):\n%s", name, d)
+						}
+					case *clusterv3.Cluster:
+						set.Clusters[name] = v.(*config.Cluster)
+						if d := cmp.Diff(wantCluster(m), v, addrs); d != "" {
+							t.Errorf("cluster %s (-want +got):\n%s", name, d)
+						}
+					case *endpointv3.ClusterLoadAssignment:
+						set.Endpoints[name] = v.(*config.Endpoints)
+						if d := cmp.Diff(wantEndpoints(t, m), v, addrs); d != "" {
+							t.Errorf("endpoints %s (-want +got):\n%s", name, d)
+						}
+					}
+				}
+			}
+			if err := set.Validate(); err != nil {
+				t.Errorf("Validate: %v", err)
+			}
+			if got, want := set.EDSNames(), s.Names(resource.EndpointType); !slices.Equal(got, want) {
+				t.Errorf("EDSNames %v, want %v", got, want)
+			}
+		})
+	}
+}
+
+// wantListener reads the listener's fields directly.
+func wantListener(t *testing.T, l *listenerv3.Listener) *config.Listener {
+	t.Helper()
+	tp := &tcpproxyv3.TcpProxy{}
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(tp); err != nil {
+		t.Fatal(err)
+	}
+	if tp.GetIdleTimeout() == nil {
+		t.Fatal("halo always sets idle_timeout")
+	}
+	sa := l.GetAddress().GetSocketAddress()
+	return &config.Listener{
+		Name:               l.GetName(),
+		Address:            netip.AddrPortFrom(netip.MustParseAddr(sa.GetAddress()), uint16(sa.GetPortValue())),
+		Freebind:           l.GetFreebind().GetValue(),
+		Cluster:            tp.GetCluster(),
+		StatPrefix:         tp.GetStatPrefix(),
+		IdleTimeout:        tp.GetIdleTimeout().AsDuration(),
+		MaxConnectAttempts: int(tp.GetMaxConnectAttempts().GetValue()),
+	}
+}
+
+// wantCluster reads the cluster's fields directly, relying on halo setting
+// every one it needs (it does: no Envoy default is left to chance).
+func wantCluster(c *clusterv3.Cluster) *config.Cluster {
+	policy := map[clusterv3.Cluster_LbPolicy]config.LbPolicy{
+		clusterv3.Cluster_LEAST_REQUEST: config.LeastRequest,
+		clusterv3.Cluster_ROUND_ROBIN:   config.RoundRobin,
+		clusterv3.Cluster_RANDOM:        config.Random,
+	}[c.GetLbPolicy()]
+	od := c.GetOutlierDetection()
+	ka := c.GetUpstreamConnectionOptions().GetTcpKeepalive()
+	return &config.Cluster{
+		Name:           c.GetName(),
+		EDS:            true,
+		EDSServiceName: c.GetName(),
+		LbPolicy:       policy,
+		ConnectTimeout: c.GetConnectTimeout().AsDuration(),
+		PanicThreshold: math.Round(c.GetCommonLbConfig().GetHealthyPanicThreshold().GetValue()),
+		Outlier: &config.Outlier{
+			ConsecutiveFailures: int(od.GetConsecutiveLocalOriginFailure().GetValue()),
+			EnforcingPercent:    int(od.GetEnforcingConsecutiveLocalOriginFailure().GetValue()),
+			Interval:            od.GetInterval().AsDuration(),
+			BaseEjectionTime:    od.GetBaseEjectionTime().AsDuration(),
+			MaxEjectionTime:     od.GetMaxEjectionTime().AsDuration(),
+			MaxEjectionPercent:  int(od.GetMaxEjectionPercent().GetValue()),
+		},
+		Keepalive: &config.Keepalive{
+			Probes:   int(ka.GetKeepaliveProbes().GetValue()),
+			Time:     time.Duration(ka.GetKeepaliveTime().GetValue()) * time.Second,
+			Interval: time.Duration(ka.GetKeepaliveInterval().GetValue()) * time.Second,
+		},
+		CloseOnHealthFailure: c.GetCloseConnectionsOnHostHealthFailure(),
+		MaxConnections:       int(c.GetCircuitBreakers().GetThresholds()[0].GetMaxConnections().GetValue()),
+	}
+}
+
+func wantEndpoints(t *testing.T, c *endpointv3.ClusterLoadAssignment) *config.Endpoints {
+	t.Helper()
+	out := &config.Endpoints{Name: c.GetClusterName()}
+	for _, lle := range c.GetEndpoints() {
+		for _, e := range lle.GetLbEndpoints() {
+			sa := e.GetEndpoint().GetAddress().GetSocketAddress()
+			h, ok := map[corev3.HealthStatus]config.Health{
+				corev3.HealthStatus_UNKNOWN:   config.Healthy,
+				corev3.HealthStatus_HEALTHY:   config.Healthy,
+				corev3.HealthStatus_DEGRADED:  config.Degraded,
+				corev3.HealthStatus_UNHEALTHY: config.Unhealthy,
+				corev3.HealthStatus_TIMEOUT:   config.Unhealthy,
+				corev3.HealthStatus_DRAINING:  config.Draining,
+			}[e.GetHealthStatus()]
+			if !ok {
+				t.Fatalf("health %v", e.GetHealthStatus())
+			}
+			out.Endpoints = append(out.Endpoints, config.Endpoint{
+				Address:  netip.AddrPortFrom(netip.MustParseAddr(sa.GetAddress()), uint16(sa.GetPortValue())),
+				Hostname: e.GetEndpoint().GetHostname(),
+				Health:   h,
+			})
+		}
+	}
+	return out
+}
+
+// TestHaloSettings pins what halo's cluster means to the agent, so that a
+// change on the server side that the agent would read differently shows.
+func TestHaloSettings(t *testing.T) {
+	res := snapshot.Build(snapshot.Input{Cluster: &halov1.Cluster{Name: "prod"}, Nodes: nodes()})
+	s := res.Snapshots["prod/apiserver-local"]
+	_, v, err := config.Decode(s.Get(resource.ClusterType, snapshot.ClusterAPIServer).Any)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := v.(*config.Cluster)
+	want := &config.Outlier{ConsecutiveFailures: 1, EnforcingPercent: 100, Interval: time.Second,
+		BaseEjectionTime: 5 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 100}
+	if d := cmp.Diff(want, c.Outlier, addrs); d != "" {
+		t.Errorf("outlier (-want +got):\n%s", d)
+	}
+	if c.LbPolicy != config.LeastRequest || c.PanicThreshold != 1 || !c.CloseOnHealthFailure || c.MaxConnections != 1<<20 {
+		t.Errorf("cluster %+v", c)
+	}
+	_, v, err = config.Decode(s.Get(resource.ListenerType, snapshot.ListenerAPIServerLocal).Any)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := v.(*config.Listener); l.MaxConnectAttempts != snapshot.MaxConnectAttempts || l.IdleTimeout != 3*time.Hour || l.Freebind {
+		t.Errorf("listener %+v", l)
+	}
+}
