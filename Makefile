@@ -61,16 +61,21 @@ lint: $(BIN)/.buf-$(BUF_VERSION) ## gofmt, go vet, buf lint, and buf breaking ag
 		echo "buf breaking --against .git#branch=main"; buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch here, skipped"; fi
 
+FUZZ_PKGS := ./server/topology/ ./agent/config/
+
 fuzz: ## run each validator fuzz target for FUZZTIME (default 20s)
-	@for f in $$(go test -list '^Fuzz' ./server/topology/ | grep '^Fuzz'); do \
-		echo "fuzz $$f ($(FUZZTIME))"; \
-		go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) ./server/topology/ || exit 1; \
+	@for p in $(FUZZ_PKGS); do \
+		for f in $$(go test -list '^Fuzz' $$p | grep '^Fuzz'); do \
+			echo "fuzz $$p $$f ($(FUZZTIME))"; \
+			go test -run '^$$' -fuzz "^$$f\$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
+		done; \
 	done
 
 bench: ## run the Go benchmarks and the scenario benchmarks under bench/
 	go test -run '^$$' -bench '$(BENCH)' -benchmem ./...
 	go run ./bench/propagation -n 100,1000,10000 -writes 5
 	go run ./bench/topology -nodes 10000
+	go run ./bench/dataplane
 
 smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
 	./.ci/smoke

@@ -136,6 +136,7 @@ func run(args []string, stderr io.Writer) int {
 		logger.Error("halo-agent failed", "error", err)
 		return 1
 	}
+	logger.Info("stopped")
 	return 0
 }
 
