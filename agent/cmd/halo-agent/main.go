@@ -19,7 +19,7 @@ import (
 	"syscall"
 
 	"github.com/halolb/halo/agent"
-	"github.com/halolb/halo/internal/logging"
+	"github.com/halolb/halo/internal/command"
 	"github.com/halolb/halo/internal/version"
 )
 
@@ -59,8 +59,7 @@ type options struct {
 	bootstrapBackends      string
 	bootstrapListen        string
 	adminListen            string
-	logLevel, logFormat    string
-	showVersion            bool
+	command.Common
 }
 
 // newFlagSet defines every flag of halo-agent on o.
@@ -87,9 +86,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 		"comma-separated apiserver `host:port`s served on --bootstrap-listen when there is no cache, until a server answers")
 	fs.StringVar(&o.bootstrapListen, "bootstrap-listen", agent.DefaultBootstrapListen, "`address` of the --bootstrap-backends listener")
 	fs.StringVar(&o.adminListen, "admin-listen", agent.DefaultAdminListen, "`host:port` serving /metrics, /healthz and /readyz")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text on a terminal, else json)")
-	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.Register(fs)
 	return fs
 }
 
@@ -98,24 +95,9 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 func run(args []string, stderr io.Writer) int {
 	var o options
 	fs := newFlagSet(&o, stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "halo-agent: unexpected arguments %q; see --help\n", fs.Args())
-		return 2
-	}
-	if o.showVersion {
-		fmt.Fprintln(stderr, "halo-agent", version.String())
-		return 0
-	}
-	logger, err := logging.New(stderr, o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintf(stderr, "halo-agent: %v\n", err)
-		return 2
+	logger, exit, ok := o.Parse(fs, args, stderr)
+	if !ok {
+		return exit
 	}
 	cfg, err := o.config()
 	if err != nil {

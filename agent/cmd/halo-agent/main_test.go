@@ -52,11 +52,25 @@ func TestDocumentedFlagsExist(t *testing.T) {
 	var o options
 	fs := newFlagSet(&o, &bytes.Buffer{})
 	flagRE := regexp.MustCompile("(?:^|[\\s\"'(`\\[])--([a-z][a-z0-9-]+)")
-	for _, doc := range []string{"deploy/systemd/halo-agent.service", "deploy/kubernetes/halo-agent.yaml", "deploy/README.md", "README.md"} {
+	for _, doc := range []string{"deploy/systemd/halo-agent.service", "deploy/systemd/halo-agent.default", "deploy/kubernetes/halo-agent.yaml", "deploy/README.md", "README.md"} {
+		text := repoFile(t, doc)
 		whole := strings.HasPrefix(doc, "deploy/systemd") || strings.HasPrefix(doc, "deploy/kubernetes")
+		// The flag tables of the agent's sections.
+		section := text
+		if i := strings.Index(text, "\n## halo-agent"); i >= 0 {
+			section = text[i+1:]
+			if j := strings.Index(section, "\n## "); j >= 0 {
+				section = section[:j]
+			}
+		}
 		var keep []string
-		for _, l := range strings.Split(repoFile(t, doc), "\n") {
-			if whole || strings.Contains(l, "halo-agent") || strings.HasPrefix(l, "| `--") && strings.Contains(doc, "deploy/") {
+		for _, l := range strings.Split(text, "\n") {
+			if whole || strings.Contains(l, "halo-agent") && !strings.Contains(l, "halo-server") {
+				keep = append(keep, l)
+			}
+		}
+		for _, l := range strings.Split(section, "\n") {
+			if strings.HasPrefix(l, "| `--") {
 				keep = append(keep, l)
 			}
 		}

@@ -36,15 +36,34 @@ func TestDocumentedFlagsExist(t *testing.T) {
 	var o options
 	fs := newFlagSet(&o, &bytes.Buffer{})
 	for _, doc := range []string{"deploy/systemd/halo-server.service", "README.md"} {
-		// Only the lines about halo-server: ones that run it, its flag table,
-		// and the unit's example arguments (other tools' flags stand elsewhere).
+		text := repoFile(t, doc)
+		// Only the lines about halo-server: ones that run it, the flag table
+		// of its README section, and the unit's example arguments (other
+		// tools' flags, halo-agent's included, stand elsewhere).
+		section := text
+		if i := strings.Index(text, "\n## halo-server"); i >= 0 {
+			section = text[i+1:]
+			if j := strings.Index(section, "\n## "); j >= 0 {
+				section = section[:j]
+			}
+		}
+		if i := strings.Index(text, "\n## halo-agent"); i >= 0 {
+			rest := text[i+1:]
+			if j := strings.Index(rest, "\n## "); j >= 0 {
+				text = text[:i+1] + rest[j+1:]
+			}
+		}
 		var keep []string
-		for _, l := range strings.Split(repoFile(t, doc), "\n") {
-			if strings.Contains(l, "systemctl") {
+		for _, l := range strings.Split(text, "\n") {
+			if strings.Contains(l, "systemctl") || strings.Contains(l, "halo-agent") {
 				continue
 			}
-			if strings.Contains(l, "halo-server") || strings.Contains(l, "HALO_SERVER_ARGS") ||
-				strings.HasPrefix(l, "| `--") || strings.HasPrefix(l, "#     --") {
+			if strings.Contains(l, "halo-server") || strings.Contains(l, "HALO_SERVER_ARGS") || strings.HasPrefix(l, "#     --") {
+				keep = append(keep, l)
+			}
+		}
+		for _, l := range strings.Split(section, "\n") {
+			if strings.HasPrefix(l, "| `--") {
 				keep = append(keep, l)
 			}
 		}

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -15,7 +14,7 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/halolb/halo/internal/logging"
+	"github.com/halolb/halo/internal/command"
 	"github.com/halolb/halo/internal/version"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/replicas"
@@ -50,9 +49,7 @@ type options struct {
 	cfg           server.Config
 	etcdEndpoints string
 	reflection    bool
-	logLevel      string
-	logFormat     string
-	showVersion   bool
+	command.Common
 }
 
 // newFlagSet defines every flag of halo-server on o.
@@ -89,9 +86,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.BoolVar(&o.reflection, "reflection", true, "serve gRPC server reflection (grpcurl needs it to work without .proto files)")
 	fs.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", server.DefaultShutdownTimeout,
 		"how long in-flight calls may take to finish on SIGTERM before connections are closed")
-	fs.StringVar(&o.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "auto", "log `format`: json, text, or auto (text on a terminal, else json)")
-	fs.BoolVar(&o.showVersion, "version", false, "print the version and exit")
+	o.Register(fs)
 	return fs
 }
 
@@ -100,29 +95,14 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 func run(args []string, stderr io.Writer) int {
 	var o options
 	fs := newFlagSet(&o, stderr)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "halo-server: unexpected arguments %q; see --help\n", fs.Args())
-		return 2
-	}
-	if o.showVersion {
-		fmt.Fprintln(stderr, "halo-server", version.String())
-		return 0
+	logger, exit, ok := o.Parse(fs, args, stderr)
+	if !ok {
+		return exit
 	}
 	cfg := o.cfg
 	cfg.DisableReflection = !o.reflection
 	if o.etcdEndpoints != "" {
 		cfg.EtcdEndpoints = strings.Split(o.etcdEndpoints, ",")
-	}
-	logger, err := logging.New(stderr, o.logLevel, o.logFormat)
-	if err != nil {
-		fmt.Fprintf(stderr, "halo-server: %v\n", err)
-		return 2
 	}
 	cfg.Logger = logger
 
