@@ -566,8 +566,8 @@ func TestSystemdUnit(t *testing.T) {
 	}
 }
 
-// TestSystemdUnitVerify runs systemd's own verifier on the unit, pointed at
-// this test binary (halo-agent is not installed here); it needs
+// TestSystemdUnitVerify runs systemd's own verifier on both units, pointed at
+// this test binary (the binaries are not installed here); it needs
 // systemd-analyze (skipped without it).
 func TestSystemdUnitVerify(t *testing.T) {
 	analyze, err := exec.LookPath("systemd-analyze")
@@ -578,14 +578,16 @@ func TestSystemdUnitVerify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	unit := strings.ReplaceAll(repoFile(t, "deploy/systemd/halo-agent.service"), "/usr/local/bin/halo-agent", exe)
-	path := filepath.Join(t.TempDir(), "halo-agent.service")
-	if err := os.WriteFile(path, []byte(unit), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(analyze, "verify", path).CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	for _, name := range []string{"halo-agent", "halo-server"} {
+		unit := strings.ReplaceAll(repoFile(t, "deploy/systemd/"+name+".service"), "/usr/local/bin/"+name, exe)
+		path := filepath.Join(t.TempDir(), name+".service")
+		if err := os.WriteFile(path, []byte(unit), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(analyze, "verify", path).CombinedOutput()
+		if err != nil || len(bytes.TrimSpace(out)) > 0 {
+			t.Errorf("systemd-analyze verify %s: %v\n%s", name, err, out)
+		}
 	}
 }
 

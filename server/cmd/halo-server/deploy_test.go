@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -72,27 +71,5 @@ func TestDocumentedFlagsExist(t *testing.T) {
 				t.Errorf("%s names --%s, which halo-server does not have", doc, f)
 			}
 		}
-	}
-}
-
-// TestSystemdUnit checks the unit with systemd's own verifier, pointed at
-// this binary; it needs systemd-analyze (skipped without it).
-func TestSystemdUnit(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed")
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	unit := strings.ReplaceAll(repoFile(t, "deploy/systemd/halo-server.service"), "/usr/local/bin/halo-server", exe)
-	path := filepath.Join(t.TempDir(), "halo-server.service")
-	if err := os.WriteFile(path, []byte(unit), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command(analyze, "verify", path).CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 }
