@@ -26,6 +26,8 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"go.uber.org/goleak"
 	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -597,5 +599,53 @@ func TestBootstrapHandsOverToServer(t *testing.T) {
 	}
 	if got := e.spread(30); len(got) != 3 {
 		t.Fatalf("after the handover: %v", got)
+	}
+}
+
+// TestTLSToServer: an agent reaches a TLS halo-server (non-loopback
+// deployments need it) with --tls-ca, and gets its configuration.
+func TestTLSToServer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	ca, err := pki.NewCA("halo-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issued, err := ca.Issue(pki.Request{CommonName: "halo-server", DNSNames: []string{"halo.example"}, Server: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := issued.WriteFiles(t.TempDir(), "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := servertest.NewUnstarted(t)
+	s.Config.TLSCertFile, s.Config.TLSKeyFile = certFile, keyFile
+	s.Start()
+	tlsCfg := &tls.Config{RootCAs: ca.Pool(), ServerName: "halo.example"}
+	conn, err := grpc.NewClient(s.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tc := halov1.NewTopologyServiceClient(conn)
+	ctx := ctxT(t)
+	nsp := freePort(t, "127.0.0.1")
+	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "tls", Apiserver: &halov1.ApiServer{LocalLbPort: uint32(nsp)}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*halov1.Node{
+		{Cluster: "tls", Name: "m", Ip: "127.0.0.31", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}},
+		{Cluster: "tls", Name: "w", Ip: "127.0.0.32", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}},
+	} {
+		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a := startAgent(t, agent.Config{Servers: []string{s.Addr}, Cluster: "tls", Node: "w", TLS: tlsCfg.Clone()})
+	poll(t, "agent ready over TLS", func() error { return a.Ready() })
+	if addr, ok := a.Proxy().Addr(snapshot.ListenerAPIServerLocal); !ok || addr.Port() != nsp {
+		t.Fatalf("apiserver-local on %v (bound %v), want port %d", addr, ok, nsp)
 	}
 }
