@@ -17,7 +17,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -291,7 +290,7 @@ func (a *Agent) update(_ context.Context, typeURL string, state []*xdsclient.Res
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != resource.ListenerType {
+	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != config.ListenerType {
 		// Still on the bootstrap backends and the servers have not sent
 		// listeners yet (they send them after clusters and endpoints):
 		// keep the bootstrap listener until they do.

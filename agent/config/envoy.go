@@ -13,7 +13,6 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -99,7 +98,7 @@ func (e *FieldError) Unwrap() error { return e.err }
 // and v is nil.
 func Decode(a *anypb.Any) (name string, v any, err error) {
 	switch a.GetTypeUrl() {
-	case resource.ListenerType:
+	case ListenerType:
 		m := &listenerv3.Listener{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode listener: %w", err)
@@ -109,7 +108,7 @@ func Decode(a *anypb.Any) (name string, v any, err error) {
 			return m.GetName(), nil, err
 		}
 		return m.GetName(), l, nil
-	case resource.ClusterType:
+	case ClusterType:
 		m := &clusterv3.Cluster{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode cluster: %w", err)
@@ -119,7 +118,7 @@ func Decode(a *anypb.Any) (name string, v any, err error) {
 			return m.GetName(), nil, err
 		}
 		return m.GetName(), c, nil
-	case resource.EndpointType:
+	case EndpointType:
 		m := &endpointv3.ClusterLoadAssignment{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode cluster load assignment: %w", err)

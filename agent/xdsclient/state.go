@@ -1,6 +1,8 @@
 package xdsclient
 
 import (
+	"github.com/halolb/halo/agent/config"
+
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -9,7 +11,6 @@ import (
 	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 )
 
 // state is what the client holds: type URL → name → resource.
@@ -68,10 +69,10 @@ func (s state) equal(o state) bool {
 // returns their names.
 func (s state) keepEndpoints(want []string) []string {
 	var dropped []string
-	for n := range s[resource.EndpointType] {
+	for n := range s[config.EndpointType] {
 		if _, ok := slices.BinarySearch(want, n); !ok {
 			dropped = append(dropped, n)
-			delete(s[resource.EndpointType], n)
+			delete(s[config.EndpointType], n)
 		}
 	}
 	slices.Sort(dropped)
@@ -121,7 +122,7 @@ func typeVersion(versions map[string]string) string {
 func ClusterEDSNames(state []*Resource) []string {
 	var out []string
 	for _, r := range state {
-		if r.TypeURL != resource.ClusterType {
+		if r.TypeURL != config.ClusterType {
 			continue
 		}
 		cl := &clusterv3.Cluster{}

@@ -1,6 +1,8 @@
 package xdsclient
 
 import (
+	"github.com/halolb/halo/agent/config"
+
 	"context"
 	"errors"
 	"fmt"
@@ -13,7 +15,6 @@ import (
 	_ "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -101,7 +102,7 @@ func (d *deltaStream) send(r *discoveryv3.DeltaDiscoveryRequest) error {
 
 func (d *deltaStream) start(node *corev3.Node, held state, eds []string) error {
 	first := true
-	for _, t := range []string{resource.ClusterType, resource.ListenerType} {
+	for _, t := range []string{config.ClusterType, config.ListenerType} {
 		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: held.versions(t)}
 		if first {
 			req.Node, first = node, false
@@ -116,8 +117,8 @@ func (d *deltaStream) start(node *corev3.Node, held state, eds []string) error {
 		return nil
 	}
 	d.eds = eds
-	return d.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType, ResourceNamesSubscribe: eds,
-		InitialResourceVersions: held.versions(resource.EndpointType)})
+	return d.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: config.EndpointType, ResourceNamesSubscribe: eds,
+		InitialResourceVersions: held.versions(config.EndpointType)})
 }
 
 func (d *deltaStream) recv() (*response, error) {
@@ -140,7 +141,7 @@ func (d *deltaStream) subscribeEndpoints(names []string, _ string) error {
 	if slices.Equal(names, d.eds) {
 		return nil
 	}
-	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resource.EndpointType}
+	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: config.EndpointType}
 	for _, n := range names {
 		if _, ok := slices.BinarySearch(d.eds, n); !ok {
 			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, n)
@@ -180,7 +181,7 @@ func (s *sotwStream) send(r *discoveryv3.DiscoveryRequest) error {
 
 func (s *sotwStream) start(node *corev3.Node, _ state, eds []string) error {
 	first := true
-	for _, t := range []string{resource.ClusterType, resource.ListenerType} {
+	for _, t := range []string{config.ClusterType, config.ListenerType} {
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: t, VersionInfo: s.c.version(t)}
 		if first {
 			req.Node, first = node, false
@@ -189,7 +190,7 @@ func (s *sotwStream) start(node *corev3.Node, _ state, eds []string) error {
 			return err
 		}
 	}
-	return s.subscribeEndpoints(eds, s.c.version(resource.EndpointType))
+	return s.subscribeEndpoints(eds, s.c.version(config.EndpointType))
 }
 
 func (s *sotwStream) recv() (*response, error) {
@@ -210,7 +211,7 @@ func (s *sotwStream) recv() (*response, error) {
 }
 
 func (s *sotwStream) names(typeURL string) []string {
-	if typeURL == resource.EndpointType {
+	if typeURL == config.EndpointType {
 		return s.eds
 	}
 	return nil // wildcard
@@ -226,8 +227,8 @@ func (s *sotwStream) subscribeEndpoints(names []string, edsVersion string) error
 		return nil
 	}
 	s.eds = names
-	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: resource.EndpointType, VersionInfo: edsVersion,
-		ResourceNames: names, ResponseNonce: s.nonces[resource.EndpointType]})
+	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: config.EndpointType, VersionInfo: edsVersion,
+		ResourceNames: names, ResponseNonce: s.nonces[config.EndpointType]})
 }
 
 // resourceName reads the name of a packed listener, cluster or endpoints.

@@ -25,6 +25,8 @@
 package xdsclient
 
 import (
+	"github.com/halolb/halo/agent/config"
+
 	"context"
 	"errors"
 	"fmt"
@@ -35,7 +37,6 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -58,7 +59,7 @@ const connectTimeout = 5 * time.Second
 // Resource is one xDS resource as received. Resources handed to Update are
 // shared with the client's state: treat them as read-only.
 type Resource struct {
-	// TypeURL is the resource's type, e.g. resource.ListenerType.
+	// TypeURL is the resource's type, e.g. config.ListenerType.
 	TypeURL string
 	// Name is the resource's name (a ClusterLoadAssignment's cluster_name).
 	Name string
@@ -71,7 +72,7 @@ type Resource struct {
 }
 
 // The resource types the client subscribes to.
-var types = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
+var types = []string{config.ClusterType, config.EndpointType, config.ListenerType}
 
 // Config configures a Client.
 type Config struct {
@@ -465,7 +466,7 @@ func (c *Client) handle(ctx context.Context, s stream, r *response) error {
 	if err := s.reply(r, r.version, nil); err != nil {
 		return err
 	}
-	return s.subscribeEndpoints(c.want, c.version(resource.EndpointType))
+	return s.subscribeEndpoints(c.want, c.version(config.EndpointType))
 }
 
 // candidate is the state once r is applied, and its endpoint subscription;
