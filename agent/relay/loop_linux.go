@@ -191,7 +191,7 @@ func (l *loop) wait() error {
 // make the caller wait for the epoll fd to become readable.
 func (l *loop) pollReady(uintptr) bool {
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, 0)
+		n, err := rawEpollPoll(l.epfd, l.events)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

@@ -123,7 +123,7 @@ func (p *epair) move(d int) error {
 			continue
 		}
 		if dir.eof {
-			if err := unix.Shutdown(p.fd[dst], unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
+			if err := rawShutdown(p.fd[dst], unix.SHUT_WR); err != nil && !errors.Is(err, unix.ENOTCONN) {
 				return fmt.Errorf("shutdown: %w", err)
 			}
 			dir.done = true
@@ -154,10 +154,10 @@ func (p *epair) flush(d int) error {
 	var err error
 	if dir.inPipe > 0 {
 		var n64 int64
-		n64, err = unix.Splice(dir.pipe.r, nil, p.fd[dst], nil, dir.inPipe, spliceFlags)
+		n64, err = rawSplice(dir.pipe.r, p.fd[dst], dir.inPipe, spliceFlags)
 		n = int(n64)
 	} else {
-		n, err = unix.Write(p.fd[dst], dir.buf[dir.off:dir.end])
+		n, err = rawWrite(p.fd[dst], dir.buf[dir.off:dir.end])
 	}
 	if errors.Is(err, unix.EAGAIN) {
 		p.writable[dst] = false
@@ -189,7 +189,7 @@ func (p *epair) readWrite(d int) error {
 	dir := &p.dir[d]
 	src, dst := d, 1-d
 	buf := p.l.buf
-	n, err := unix.Read(p.fd[src], buf)
+	n, err := rawRead(p.fd[src], buf)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		p.readable[src] = false
@@ -209,7 +209,7 @@ func (p *epair) readWrite(d int) error {
 		// raises a new edge. After a FIN we read on until EOF.
 		p.readable[src] = false
 	}
-	w, err := unix.Write(p.fd[dst], buf[:n])
+	w, err := rawWrite(p.fd[dst], buf[:n])
 	if err != nil && !errors.Is(err, unix.EAGAIN) {
 		return fmt.Errorf("write: %w", err)
 	}
@@ -235,7 +235,7 @@ func (p *epair) spliceIn(d int) error {
 		}
 		dir.pipe, dir.hasPipe = pp, true
 	}
-	n, err := unix.Splice(p.fd[src], nil, dir.pipe.w, nil, pipeSize, spliceFlags)
+	n, err := rawSplice(p.fd[src], dir.pipe.w, pipeSize, spliceFlags)
 	switch {
 	case errors.Is(err, unix.EAGAIN):
 		p.readable[src] = false
