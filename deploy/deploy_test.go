@@ -418,7 +418,7 @@ func TestContainerfile(t *testing.T) {
 		if !strings.Contains(r, "go build") {
 			continue
 		}
-		for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w"`, "./agent/cmd/halo-agent"} {
+		for _, want := range []string{"CGO_ENABLED=0", "-trimpath", `-ldflags "-s -w -X github.com/halolb/halo/internal/version.Set=${VERSION}"`, "./agent/cmd/halo-agent"} {
 			if !strings.Contains(r, want) {
 				t.Errorf("go build lacks %s: %s", want, r)
 			}
@@ -441,7 +441,7 @@ func TestContainerfile(t *testing.T) {
 	if user != "65532:65532" {
 		t.Errorf("USER = %q, want 65532:65532 (the pod's runAsUser)", user)
 	}
-	if !strings.Contains(comments, "podman build -f deploy/kubernetes/Containerfile -t ") {
+	if !strings.Contains(comments, "podman build -f deploy/kubernetes/Containerfile --build-arg VERSION=") {
 		t.Error("the comments do not show the build command")
 	}
 }
