@@ -286,17 +286,21 @@ func (p *Proxy) serveListener(ctx context.Context, l *listener) {
 	if ln == nil {
 		return
 	}
-	stop := context.AfterFunc(ctx, func() { ln.Close() })
-	defer stop()
 	defer ln.Close()
+	stop, err := p.cfg.Relay.Serve(ln.(*net.TCPListener), p.cfg.DownstreamKeepalive, func(remote netip.AddrPort) relay.Setup {
+		return p.newSetup(l, remote)
+	})
+	if err != nil {
+		p.log.Error("cannot serve listener", "listener", l.cfg.Load().Name, "address", l.key.addr, "error", err)
+		return
+	}
 	l.bound.Store(true)
 	p.metrics.setBound(l.cfg.Load().Name, l.key.addr, true)
 	p.log.Info("listening", "listener", l.cfg.Load().Name, "address", l.key.addr)
-	defer func() {
-		l.bound.Store(false)
-		p.metrics.setBound(l.cfg.Load().Name, l.key.addr, false)
-	}()
-	p.acceptLoop(ctx, l, ln.(*net.TCPListener))
+	<-ctx.Done()
+	stop()
+	l.bound.Store(false)
+	p.metrics.setBound(l.cfg.Load().Name, l.key.addr, false)
 }
 
 // bind listens on l's address, retrying with backoff; nil when ctx ended.
@@ -332,155 +336,91 @@ func (p *Proxy) bind(ctx context.Context, l *listener) net.Listener {
 	}
 }
 
-// acceptLoop accepts connections and sets each up in its own goroutine
-// (which ends once the relay owns the connection).
-func (p *Proxy) acceptLoop(ctx context.Context, l *listener, ln *net.TCPListener) {
-	var delay time.Duration
-	for {
-		c, err := ln.AcceptTCP()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				return
-			}
-			// Out of descriptors or the like: wait a little, as
-			// net/http does, instead of spinning.
-			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-			p.log.Warn("accept failed", "listener", l.cfg.Load().Name, "error", err, "retry_in", delay)
-			t := time.NewTimer(delay)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
-			}
-			continue
-		}
-		delay = 0
-		p.wg.Add(1)
-		go p.handle(ctx, l.cfg.Load(), c)
+// newSetup starts the set-up of a client accepted by listener l.
+func (p *Proxy) newSetup(l *listener, remote netip.AddrPort) relay.Setup {
+	lc := l.cfg.Load()
+	s := &setup{p: p, lc: lc, remote: remote, left: max(1, lc.MaxConnectAttempts)}
+	if s.cl = p.Cluster(lc.Cluster); s.cl != nil {
+		s.cc = s.cl.Config()
 	}
+	return s
 }
 
-// handle connects an accepted client to an endpoint of the listener's
-// cluster and hands both to the relay.
-func (p *Proxy) handle(ctx context.Context, lc *config.Listener, client *net.TCPConn) {
-	defer p.wg.Done()
-	cl := p.Cluster(lc.Cluster)
-	if cl == nil {
-		p.reject(lc, client, "no_cluster")
-		return
-	}
-	cc := cl.Config()
-	attempts := max(1, lc.MaxConnectAttempts)
-	var tried []*upstream.Host
-	for range attempts {
-		h := cl.Pick(tried)
-		if h == nil {
-			break
-		}
-		up, err := p.dial(ctx, &cc, h.Address)
-		if err != nil {
-			if ctx.Err() != nil {
-				client.Close()
-				return
-			}
-			p.metrics.connectFailures.WithLabelValues(cc.Name, h.Address.String()).Inc()
-			if ev := cl.Failed(h); ev != nil {
-				p.metrics.ejections.WithLabelValues(cc.Name, h.Address.String()).Inc()
-				p.log.Warn("endpoint ejected after connect failures", "cluster", cc.Name, "upstream_addr", h.Address, "for", ev.For, "error", err)
-			} else {
-				p.log.Debug("connect failed, trying the next endpoint", "cluster", cc.Name, "upstream_addr", h.Address, "error", err)
-			}
-			tried = append(tried, h)
-			continue
-		}
-		p.relay(lc, cl, h, client, up)
-		return
-	}
+// setup connects one accepted client to an endpoint of its listener's
+// cluster, trying the next endpoint when a connect fails, so the client
+// never sees it. The relay engine calls its methods on its event loop.
+type setup struct {
+	p      *Proxy
+	lc     *config.Listener
+	remote netip.AddrPort
+	cl     *upstream.Cluster
+	cc     config.Cluster
+	left   int              // connect attempts left
+	tried  []*upstream.Host // endpoints that failed
+	h      *upstream.Host   // endpoint being tried
+}
+
+// Next picks the endpoint to try, or counts why there is none.
+func (s *setup) Next() (relay.Target, bool) {
+	var reason string
 	switch {
-	case len(tried) > 0:
-		p.reject(lc, client, "connect_failed")
-	case cl.Overflow():
-		p.reject(lc, client, "overflow")
+	case s.cl == nil:
+		reason = "no_cluster"
+	case s.left > 0:
+		if s.h = s.cl.Pick(s.tried); s.h != nil {
+			s.left--
+			t := relay.Target{Addr: s.h.Address, Timeout: s.cc.ConnectTimeout}
+			if k := s.cc.Keepalive; k != nil {
+				t.Keepalive = net.KeepAliveConfig{Enable: true, Idle: k.Time, Interval: k.Interval, Count: k.Probes}
+			}
+			return t, true
+		}
+		fallthrough
 	default:
-		p.reject(lc, client, "no_endpoint")
+		switch {
+		case len(s.tried) > 0:
+			reason = "connect_failed"
+		case s.cl.Overflow():
+			reason = "overflow"
+		default:
+			reason = "no_endpoint"
+		}
 	}
+	s.p.metrics.failed.WithLabelValues(s.lc.Name, reason).Inc()
+	s.p.log.Warn("connection refused: no endpoint reachable", "listener", s.lc.Name, "cluster", s.lc.Cluster, "reason", reason, "remote_addr", s.remote.String())
+	return relay.Target{}, false
 }
 
-// dial connects to one endpoint within the cluster's connect timeout.
-func (p *Proxy) dial(ctx context.Context, cc *config.Cluster, a netip.AddrPort) (*net.TCPConn, error) {
-	d := net.Dialer{Timeout: cc.ConnectTimeout}
-	if k := cc.Keepalive; k != nil {
-		d.KeepAliveConfig = net.KeepAliveConfig{Enable: true, Idle: k.Time, Interval: k.Interval, Count: k.Probes}
+// Failed counts a failed connect and ejects the endpoint when outlier
+// detection says so.
+func (s *setup) Failed(t relay.Target, err error) {
+	name := s.cc.Name
+	s.p.metrics.connectFailures.WithLabelValues(name, t.Addr.String()).Inc()
+	if ev := s.cl.Failed(s.h); ev != nil {
+		s.p.metrics.ejections.WithLabelValues(name, t.Addr.String()).Inc()
+		s.p.log.Warn("endpoint ejected after connect failures", "cluster", name, "upstream_addr", t.Addr, "for", ev.For, "error", err)
+	} else {
+		s.p.log.Debug("connect failed, trying the next endpoint", "cluster", name, "upstream_addr", t.Addr, "error", err)
 	}
-	c, err := d.DialContext(ctx, "tcp", a.String())
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
+	s.tried = append(s.tried, s.h)
 }
 
-// reject closes a client the proxy could not connect anywhere.
-func (p *Proxy) reject(lc *config.Listener, client *net.TCPConn, reason string) {
-	p.metrics.failed.WithLabelValues(lc.Name, reason).Inc()
-	p.log.Warn("connection refused: no endpoint reachable", "listener", lc.Name, "cluster", lc.Cluster, "reason", reason, "remote_addr", client.RemoteAddr().String())
-	client.SetLinger(0)
-	client.Close()
-}
-
-// conn is an established proxied connection as a cluster tracks it: it
-// can be closed when its endpoint turns unhealthy, also in the short time
-// before the relay has taken it.
-type conn struct {
-	mu     sync.Mutex
-	pair   *relay.Pair
-	closed bool
-}
-
-// Close closes the connection now.
-func (c *conn) Close() {
-	c.mu.Lock()
-	c.closed = true
-	pair := c.pair
-	c.mu.Unlock()
-	if pair != nil {
-		pair.Close()
-	}
-}
-
-func (c *conn) set(pair *relay.Pair) {
-	c.mu.Lock()
-	c.pair = pair
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
-		pair.Close()
-	}
-}
-
-// relay hands an established connection to the relay engine.
-func (p *Proxy) relay(lc *config.Listener, cl *upstream.Cluster, h *upstream.Host, client, up *net.TCPConn) {
-	cm := p.metrics.conn(lc.Name, h.Address)
+// Connected registers the connection with its endpoint (which can close
+// it when it turns unhealthy) and in the metrics.
+func (s *setup) Connected(_ relay.Target, pair *relay.Pair) relay.Options {
+	cm := s.p.metrics.conn(s.lc.Name, s.h.Address)
 	cm.active.Inc()
 	cm.total.Inc()
-	tc := &conn{}
-	release := cl.Connected(h, tc)
-	pair, err := p.cfg.Relay.Relay(client, up, relay.Options{
-		IdleTimeout: lc.IdleTimeout,
+	release := s.cl.Connected(s.h, pair)
+	return relay.Options{
+		IdleTimeout: s.lc.IdleTimeout,
 		Up:          cm.up,
 		Down:        cm.down,
 		OnDone: func(relay.Stats) {
 			release()
 			cm.active.Dec()
 		},
-	})
-	if err != nil {
-		release()
-		cm.active.Dec()
-		p.log.Warn("relay refused a connection", "listener", lc.Name, "error", err)
-		return
 	}
-	tc.set(pair)
 }
 
 // freebind sets IP_FREEBIND (IPV6_FREEBIND) on a listening socket, so it

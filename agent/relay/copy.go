@@ -133,6 +133,10 @@ func (b *copyBackend) relay(client, upstream *net.TCPConn, o Options) (*Pair, er
 	return &Pair{a: p}, nil
 }
 
+func (b *copyBackend) serve(ln *net.TCPListener, ka net.KeepAliveConfig, h Handler) (func(), error) {
+	return serveGoroutines(b.e, ln, ka, h)
+}
+
 // copyPair is one pair of the portable engine.
 type copyPair struct {
 	b                *copyBackend

@@ -38,6 +38,7 @@ type loop struct {
 	evfd     int      // eventfd that wakes the loop; valid while state == stateRunning
 	incoming []*epair // pairs to register
 	aborts   []*epair // pairs to abort
+	lnCmds   []lnCmd  // listeners to start or stop accepting on
 	stopping atomic.Bool
 
 	epfd    int
@@ -47,16 +48,21 @@ type loop struct {
 	nready  int
 	pollErr error
 
-	inSpare, abSpare []*epair // reused queue slices
-	buf              []byte   // read/write buffer shared by all pairs of the loop
-	bufs, smallBufs  [][]byte // free pending buffers of each size
-	pipes            []pipe   // free pipes
-	byFD             []*epair // pair of each registered socket
-	pairs            []*epair // registered pairs
-	idleCount        int      // registered pairs with an idle timeout
-	now              int64    // unix ns, updated on each wake-up
-	sweepAt          int64    // next idle sweep
-	deadline         int64    // read deadline set on ep, 0 = none
+	inSpare, abSpare []*epair   // reused queue slices
+	buf              []byte     // read/write buffer shared by all pairs of the loop
+	bufs, smallBufs  [][]byte   // free pending buffers of each size
+	pipes            []pipe     // free pipes
+	byFD             []*epair   // pair of each registered socket
+	pairs            []*epair   // registered pairs
+	idleCount        int        // registered pairs with an idle timeout
+	now              int64      // unix ns, updated on each wake-up
+	sweepAt          int64      // next idle sweep
+	deadline         int64      // read deadline set on ep, 0 = none
+	lns              []*lnState // listeners this loop accepts on
+	dials            []*dial    // connects in progress
+	dialFD           []*dial    // connect of each connecting upstream socket
+	timerAt          int64      // next connect deadline or listener resume, 0 = none
+	tag              uint32     // last event tag handed out
 }
 
 func newLoop(b *epollBackend, id int) *loop {
@@ -168,6 +174,9 @@ func (l *loop) run() error {
 		if l.idleCount > 0 && l.now >= l.sweepAt {
 			l.sweep()
 		}
+		if l.timerAt != 0 && l.now >= l.timerAt {
+			l.timers()
+		}
 	}
 }
 
@@ -200,11 +209,17 @@ func (l *loop) pollReady(uintptr) bool {
 	}
 }
 
-// setDeadline arms the wait's deadline for the next idle sweep.
+// setDeadline arms the wait's deadline for the next idle sweep or timer.
 func (l *loop) setDeadline() error {
 	want := int64(0)
 	if l.idleCount > 0 {
 		want = l.sweepAt
+	}
+	if l.timerAt != 0 {
+		at := (l.timerAt + timerGrain - 1) / timerGrain * timerGrain
+		if want == 0 || at < want {
+			want = at
+		}
 	}
 	if want == l.deadline {
 		return nil
@@ -223,12 +238,18 @@ func (l *loop) setDeadline() error {
 // drain registers new pairs and aborts pairs whose Close was called.
 func (l *loop) drain() {
 	l.mu.Lock()
-	in, ab := l.incoming, l.aborts
+	in, ab, lc := l.incoming, l.aborts, l.lnCmds
 	l.incoming, l.aborts = l.inSpare[:0], l.abSpare[:0]
+	if lc != nil {
+		l.lnCmds = nil
+	}
 	l.woken = false
 	l.mu.Unlock()
+	for _, c := range lc {
+		l.runLnCmd(c)
+	}
 	for _, p := range in {
-		l.add(p)
+		l.add(p, false)
 	}
 	for _, p := range ab {
 		l.closePair(p, ReasonClosed)
@@ -238,14 +259,13 @@ func (l *loop) drain() {
 	l.inSpare, l.abSpare = in, ab
 }
 
-// add registers p's sockets.
-func (l *loop) add(p *epair) {
+// add registers p's sockets; upRegistered says the upstream socket is in
+// the epoll set already (it was connected by the loop).
+func (l *loop) add(p *epair, upRegistered bool) {
 	p.last = l.now
 	p.registered = true
-	need := max(p.fd[0], p.fd[1]) + 1
-	if need > len(l.byFD) {
-		l.byFD = append(l.byFD, make([]*epair, need-len(l.byFD)+len(l.byFD)/2)...)
-	}
+	p.tag = l.nextTag()
+	l.byFD = growFD(l.byFD, max(p.fd[0], p.fd[1]))
 	l.byFD[p.fd[0]], l.byFD[p.fd[1]] = p, p
 	p.idx = len(l.pairs)
 	l.pairs = append(l.pairs, p)
@@ -255,9 +275,13 @@ func (l *loop) add(p *epair) {
 		}
 		l.idleCount++
 	}
-	for _, fd := range p.fd {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	for i, fd := range p.fd {
+		op := unix.EPOLL_CTL_ADD
+		if i == 1 && upRegistered {
+			op = unix.EPOLL_CTL_MOD
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd), Pad: int32(p.tag)}
+		if err := rawEpollCtl(l.epfd, op, fd, &ev); err != nil {
 			l.closePair(p, "error: epoll add: "+err.Error())
 			return
 		}
@@ -266,13 +290,21 @@ func (l *loop) add(p *epair) {
 
 // handle dispatches one readiness event.
 func (l *loop) handle(ev *unix.EpollEvent) {
-	fd := int(ev.Fd)
-	if fd == l.evfd {
+	fd, tag := int(ev.Fd), uint32(ev.Pad)
+	switch tag {
+	case tagEventfd:
 		var b [8]byte
 		_, _ = unix.Read(fd, b[:])
 		return
+	case tagListener:
+		l.onListener(fd)
+		return
 	}
-	if fd >= len(l.byFD) || l.byFD[fd] == nil {
+	if fd < len(l.dialFD) && l.dialFD[fd] != nil && l.dialFD[fd].tag == tag {
+		l.onDial(l.dialFD[fd], ev.Events)
+		return
+	}
+	if fd >= len(l.byFD) || l.byFD[fd] == nil || l.byFD[fd].tag != tag {
 		return // closed earlier in this batch
 	}
 	p := l.byFD[fd]
@@ -319,10 +351,10 @@ func (l *loop) closePair(p *epair, reason string) {
 	}
 	for _, fd := range p.fd {
 		if reason != ReasonEOF {
-			// Abort: reset rather than linger on unsent data.
-			_ = unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1})
+			rawResetClose(fd) // abort: reset rather than linger on unsent data
+		} else {
+			rawClose(fd)
 		}
-		_ = unix.Close(fd)
 	}
 	l.b.e.active.Add(-1)
 	if l.log.Enabled(context.Background(), slog.LevelDebug) {
@@ -336,11 +368,26 @@ func (l *loop) closePair(p *epair, reason string) {
 func (l *loop) finish() {
 	l.mu.Lock()
 	l.state = stateStopped
-	in := l.incoming
-	l.incoming, l.aborts = nil, nil
+	in, lc := l.incoming, l.lnCmds
+	l.incoming, l.aborts, l.lnCmds = nil, nil, nil
 	evfd := l.evfd
 	l.evfd = -1
 	l.mu.Unlock()
+	for _, c := range lc {
+		if c.add {
+			c.r.release()
+		}
+	}
+	for _, st := range l.lns {
+		st.r.release()
+	}
+	l.lns = nil
+	for len(l.dials) > 0 {
+		d := l.dials[len(l.dials)-1]
+		l.dropDial(d)
+		_ = unix.Close(d.ufd)
+		resetClose(d.cfd)
+	}
 	for _, p := range in {
 		l.closePair(p, ReasonClosed)
 	}

@@ -33,9 +33,10 @@ type epair struct {
 	writable [2]bool      // per socket: may accept data
 	hup      [2]bool      // per socket: peer sent FIN or the socket failed
 	o        Options
-	idle     int64 // IdleTimeout in ns, 0 = none
-	last     int64 // unix ns of the last move
-	idx      int   // index in loop.pairs
+	idle     int64  // IdleTimeout in ns, 0 = none
+	last     int64  // unix ns of the last move
+	idx      int    // index in loop.pairs
+	tag      uint32 // event tag of its sockets
 
 	registered bool
 	closed     bool

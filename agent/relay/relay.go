@@ -93,6 +93,7 @@ type Stats struct {
 type backend interface {
 	run(ctx context.Context) error
 	relay(client, upstream *net.TCPConn, o Options) (*Pair, error)
+	serve(ln *net.TCPListener, ka net.KeepAliveConfig, h Handler) (stop func(), err error)
 }
 
 // Engine relays bytes between pairs of TCP sockets. Create it with New and
