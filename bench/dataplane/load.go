@@ -37,7 +37,8 @@ func dialEcho(addr string) (net.Conn, error) {
 	var buf [1 + msgSize]byte
 	buf[0] = 'E'
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Write(buf[:]); err == nil {
+	_, err = c.Write(buf[:])
+	if err == nil {
 		_, err = io.ReadFull(c, buf[:msgSize])
 	}
 	if err != nil {
