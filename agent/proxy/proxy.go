@@ -60,6 +60,10 @@ type Proxy struct {
 	clusters  atomic.Pointer[map[string]*upstream.Cluster]
 
 	wg sync.WaitGroup // listener loops and connection set-up goroutines
+
+	// lastRefusalLog (unix ns) limits refused-connection warnings to one a
+	// second: with every master down, each client would log one.
+	lastRefusalLog atomic.Int64
 }
 
 // listenerKey identifies a listening socket: a listener keeps its socket
@@ -387,7 +391,11 @@ func (s *setup) Next() (relay.Target, bool) {
 		}
 	}
 	s.p.metrics.failed.WithLabelValues(s.lc.Name, reason).Inc()
-	s.p.log.Warn("connection refused: no endpoint reachable", "listener", s.lc.Name, "cluster", s.lc.Cluster, "reason", reason, "remote_addr", s.remote.String())
+	level := slog.LevelDebug
+	if now, last := time.Now().UnixNano(), s.p.lastRefusalLog.Load(); now-last >= int64(time.Second) && s.p.lastRefusalLog.CompareAndSwap(last, now) {
+		level = slog.LevelWarn // the others of this second: debug, and halo_agent_connections_failed_total
+	}
+	s.p.log.Log(context.Background(), level, "connection refused: no endpoint reachable", "listener", s.lc.Name, "cluster", s.lc.Cluster, "reason", reason, "remote_addr", s.remote.String())
 	return relay.Target{}, false
 }
 
