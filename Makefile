@@ -80,5 +80,5 @@ bench: ## run the Go benchmarks and the scenario benchmarks under bench/
 smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
 	./.ci/smoke
 
-clean: ## remove installed tools and the quick start's data
-	rm -rf $(BIN) halo-data
+clean: ## remove installed tools and the quick starts' data
+	rm -rf $(BIN) halo-data halo-agent-cache
