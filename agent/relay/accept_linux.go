@@ -38,7 +38,6 @@ const (
 // lnReg is a listening socket registered in its owner loop.
 type lnReg struct {
 	fd   int // a duplicate of the caller's listener
-	ka   net.KeepAliveConfig
 	h    Handler
 	refs atomic.Int32 // loops that still hold fd
 	done chan struct{}
@@ -84,7 +83,12 @@ func (b *epollBackend) serve(ln *net.TCPListener, ka net.KeepAliveConfig, h Hand
 	if err := rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil || derr != nil {
 		return nil, fmt.Errorf("relay: serve: dup listener: %w", errors.Join(err, derr))
 	}
-	r := &lnReg{fd: fd, ka: ka, h: h, done: make(chan struct{})}
+	// Accepted sockets inherit TCP_NODELAY and the keepalive settings
+	// from the listening socket (Linux copies them at accept): set them
+	// once here rather than with five system calls per connection.
+	setNoDelay(fd)
+	setKeepalive(fd, ka)
+	r := &lnReg{fd: fd, h: h, done: make(chan struct{})}
 	// One loop owns each listener (round robin over listeners): the
 	// loops wait on their epoll instance through Go's netpoller, so a
 	// listener registered in every loop would wake them all for each
@@ -192,8 +196,6 @@ func (l *loop) onListener(fd int) {
 			l.armTimer(st.pausedUntil)
 			return
 		}
-		setNoDelay(cfd)
-		setKeepalive(cfd, st.r.ka)
 		d := &dial{cfd: cfd, ufd: -1, idx: -1}
 		d.s = st.r.h(remote)
 		l.nextAttempt(d)
