@@ -28,7 +28,7 @@ func TestServeKeepalive(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[[2]int]int{
-		{unix.SOL_SOCKET, unix.SO_KEEPALIVE}:    1,
+		{unix.SOL_SOCKET, unix.SO_KEEPALIVE}:   1,
 		{unix.IPPROTO_TCP, unix.TCP_KEEPIDLE}:  31,
 		{unix.IPPROTO_TCP, unix.TCP_KEEPINTVL}: 11,
 		{unix.IPPROTO_TCP, unix.TCP_KEEPCNT}:   4,
