@@ -15,12 +15,11 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/halolb/halo/agent/config"
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/server/snapshot"
+	"github.com/halolb/halo/server/snapshot/snapshottest"
 )
 
 func TestMain(m *testing.M) {
@@ -38,42 +37,12 @@ const (
 var addrs = cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
 
 func node(name, ip, aip string, ordinal int32, roles ...halov1.Role) *halov1.Node {
-	return &halov1.Node{Cluster: "prod", Name: name, Ip: ip, AccessIp: aip, Ordinal: ordinal, Roles: roles}
+	return snapshottest.Node(name, ip, aip, ordinal, roles...)
 }
 
-// nodes are like server/snapshot's: masters (some etcd members), an etcd
-// member, a worker, and load-balancer nodes, IPv4 and IPv6.
-func nodes() []*halov1.Node {
-	return []*halov1.Node{
-		node("master-c", "10.0.0.3", "192.0.2.3", 2, cp, et),
-		node("master-a", "10.0.0.1", "192.0.2.1", 0, cp, et),
-		node("master-b", "10.0.0.2", "192.0.2.2", 1, cp),
-		node("master-6", "fd00::6", "", 3, cp),
-		node("etcd-4", "10.0.0.4", "", 3, et),
-		node("worker-1", "10.0.1.1", "", 0, wk),
-		node("lb-1", "10.0.2.1", "", 0, lb),
-		node("lb-master", "10.0.2.2", "", 9, lb, cp),
-	}
-}
+func nodes() []*halov1.Node { return snapshottest.Nodes() }
 
-// fixtures are clusters in each load-balancer mode, with and without the
-// etcd local LB, IPv6, and every lb policy.
-func fixtures() map[string]*halov1.Cluster {
-	vip := &halov1.ExternalLB{Address: "203.0.113.10", Port: 8383}
-	return map[string]*halov1.Cluster{
-		"local":           {Name: "prod"},
-		"local, etcd LB":  {Name: "prod", Apiserver: &halov1.ApiServer{LocalLbPort: 16443}, Etcd: &halov1.Etcd{LocalLb: true, LocalLbPort: 12379}},
-		"local+unmanaged": {Name: "prod", Apiserver: &halov1.ApiServer{UnmanagedLbUrl: "https://k8s.example.com:8443", Port: 7443}},
-		"managed":         {Name: "prod", Apiserver: &halov1.ApiServer{ExternalLb: vip, LbPolicy: halov1.LbPolicy_LB_POLICY_RANDOM}},
-		"managed, IPv6 VIP, etcd LB, round robin": {Name: "prod", Apiserver: &halov1.ApiServer{
-			ExternalLb: &halov1.ExternalLB{Address: "2001:db8::10"}, LbPolicy: halov1.LbPolicy_LB_POLICY_ROUND_ROBIN,
-			ConnectTimeout: durationpb.New(2 * time.Second), IdleTimeout: durationpb.New(time.Hour)},
-			Etcd: &halov1.Etcd{LocalLb: true, ClientPort: 4001}},
-		"least request, no idle timeout": {Name: "prod", Apiserver: &halov1.ApiServer{
-			LbPolicy: halov1.LbPolicy_LB_POLICY_LEAST_REQUEST, IdleTimeout: durationpb.New(0)}},
-		"neither": {Name: "prod", Apiserver: &halov1.ApiServer{LocalhostLb: proto.Bool(false)}},
-	}
-}
+func fixtures() map[string]*halov1.Cluster { return snapshottest.Clusters() }
 
 // health gives master-b UNHEALTHY, master-c DEGRADED, etcd-4 TIMEOUT, the
 // rest HEALTHY; master-a is draining.
