@@ -59,7 +59,7 @@ type Proxy struct {
 	listeners map[listenerKey]*listener
 	clusters  atomic.Pointer[map[string]*upstream.Cluster]
 
-	wg sync.WaitGroup // listener loops and connection set-up goroutines
+	wg sync.WaitGroup // listener loops
 
 	// lastRefusalLog (unix ns) limits refused-connection warnings to one a
 	// second: with every master down, each client would log one.
@@ -309,7 +309,8 @@ func (p *Proxy) serveListener(ctx context.Context, l *listener) {
 
 // bind listens on l's address, retrying with backoff; nil when ctx ended.
 func (p *Proxy) bind(ctx context.Context, l *listener) net.Listener {
-	lc := net.ListenConfig{KeepAliveConfig: p.cfg.DownstreamKeepalive}
+	// Keepalive on the accepted connections is the relay's (Serve).
+	var lc net.ListenConfig
 	if l.key.freebind {
 		lc.Control = freebind
 	}
