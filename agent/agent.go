@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"sync"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -92,11 +91,10 @@ type Agent struct {
 	cacheErrors prometheus.Counter
 	source      *prometheus.GaugeVec
 
-	mu         sync.Mutex
-	fromXDS    bool                  // the running configuration came from a server
-	initial    []*xdsclient.Resource // the cached resources served at start
-	adminAddr  net.Addr
-	adminBound chan struct{}
+	// Set by startConfig (in New), then read and set by update only, which
+	// the xDS client calls one at a time.
+	fromXDS bool                  // the running configuration came from a server
+	initial []*xdsclient.Resource // the cached resources served at start
 }
 
 // New validates cfg and builds an agent; it starts nothing.
@@ -128,7 +126,7 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.AdminListen == "" && cfg.AdminListener == nil {
 		cfg.AdminListen = DefaultAdminListen
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry(), adminBound: make(chan struct{})}
+	a := &Agent{cfg: cfg, log: cfg.Logger, reg: prometheus.NewRegistry()}
 	a.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "halo_agent_cache_write_errors_total",
 		Help: "Failed writes of the configuration cache (the configuration is applied anyway)."})
@@ -192,10 +190,6 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: admin listener: %w", err)
 		}
 	}
-	a.mu.Lock()
-	a.adminAddr = ln.Addr()
-	a.mu.Unlock()
-	close(a.adminBound)
 	a.log.Info("admin endpoint", "address", ln.Addr().String())
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -218,18 +212,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		return srv.Shutdown(sctx)
 	})
 	return g.Wait()
-}
-
-// AdminAddr returns the admin server's address once Run has bound it.
-func (a *Agent) AdminAddr(ctx context.Context) (net.Addr, error) {
-	select {
-	case <-a.adminBound:
-		a.mu.Lock()
-		defer a.mu.Unlock()
-		return a.adminAddr, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // Proxy returns the agent's proxy (its clusters' live state, for tests
@@ -257,10 +239,8 @@ func (a *Agent) startConfig() {
 				a.log.Warn("ignoring the configuration cache", "error", err)
 				break
 			}
-			a.mu.Lock()
 			a.fromXDS = true // the cache is a complete xDS state
 			a.initial = rs
-			a.mu.Unlock()
 			a.setSource("cache")
 			a.log.Info("serving the cached configuration", "resources", len(rs), "listeners", len(set.Listeners))
 			return
@@ -288,8 +268,6 @@ func (a *Agent) update(_ context.Context, typeURL string, state []*xdsclient.Res
 	if err != nil {
 		return err
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
 	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != config.ListenerType {
 		// Still on the bootstrap backends and the servers have not sent
 		// listeners yet (they send them after clusters and endpoints):

@@ -318,8 +318,8 @@ func hostsOf(a *runningAgent) []string {
 		return nil
 	}
 	var out []string
-	for _, h := range c.Hosts() {
-		out = append(out, h.Addr().String())
+	for _, h := range c.State() {
+		out = append(out, h.Address.Addr().String())
 	}
 	slices.Sort(out)
 	return out

@@ -131,17 +131,6 @@ func (c *Cluster) revive(a netip.AddrPort) *Host {
 	return nil
 }
 
-// Hosts returns the current endpoints' addresses, in order.
-func (c *Cluster) Hosts() []netip.AddrPort {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	out := make([]netip.AddrPort, len(c.hosts))
-	for i, h := range c.hosts {
-		out[i] = h.Address
-	}
-	return out
-}
-
 // HostState is a snapshot of one endpoint, for status and tests.
 type HostState struct {
 	Address  netip.AddrPort
@@ -339,11 +328,4 @@ func (c *Cluster) Config() config.Cluster {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cfg
-}
-
-// Hostname returns the endpoint's hostname from EDS.
-func (c *Cluster) Hostname(h *Host) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return h.hostname
 }
