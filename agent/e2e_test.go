@@ -34,6 +34,7 @@ import (
 	"github.com/halolb/halo/agent"
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/pki"
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/servertest"
 	"github.com/halolb/halo/server/snapshot"
@@ -232,19 +233,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 // poll waits for cond, failing the test after a deadline.
 func poll(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	wait := time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 100*time.Millisecond)
-	}
+	waitfor.Nil(t, 20*time.Second, what, cond)
 }
 
 // whoami opens a new TLS connection through addr and asks who answers.

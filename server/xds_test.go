@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/ads/adstest"
 	"github.com/halolb/halo/server/bootstrap"
@@ -509,20 +510,18 @@ func TestXDSReconnectGetsNothing(t *testing.T) {
 // agent starts with userAgent is in sync on the replica.
 func waitAgentInSync(t *testing.T, sc halov1.StatusServiceClient, cluster, node, userAgent string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
+	waitfor.Nil(t, 20*time.Second, fmt.Sprintf("node %s (%s) in sync", node, userAgent), func() error {
 		resp, err := sc.ListAgents(ctxT(t), &halov1.ListAgentsRequest{Cluster: cluster, LocalOnly: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		for _, a := range resp.GetAgents() {
 			if a.GetNode() == node && strings.HasPrefix(a.GetUserAgent(), userAgent) && a.GetInSync() {
-				return
+				return nil
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("node %s (%s) never in sync", node, userAgent)
+		return fmt.Errorf("agents %v", resp.GetAgents())
+	})
 }
 
 // TestXDSNeverEmpty: deleting every master does not send the worker an
@@ -621,13 +620,7 @@ func TestListAgentsAcrossReplicas(t *testing.T) {
 // poll checks cond until it holds, failing after a deadline.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 20s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitfor.True(t, 20*time.Second, what, cond)
 }
 
 // TestGetEnvoyBootstrap renders a node's bootstrap through the API and

@@ -22,6 +22,7 @@ import (
 	"github.com/halolb/halo/agent/proxy"
 	"github.com/halolb/halo/agent/relay"
 	"github.com/halolb/halo/internal/backoff"
+	"github.com/halolb/halo/internal/waitfor"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -179,19 +180,7 @@ func (h *harness) waitReady() {
 
 func poll(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	wait := time.Millisecond
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(wait)
-		wait = min(2*wait, 50*time.Millisecond)
-	}
+	waitfor.Nil(t, 10*time.Second, what, cond)
 }
 
 // client is one connection through the proxy.

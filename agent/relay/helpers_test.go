@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/halolb/halo/agent/relay"
+	"github.com/halolb/halo/internal/waitfor"
 )
 
 // waitTimeout bounds every wait in the tests.
@@ -143,13 +144,7 @@ func (c *countCounter) Add(v float64) { c.n.Add(int64(v)) }
 // eventually polls cond until it holds or the deadline passes.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitfor.True(t, waitTimeout, what, cond)
 }
 
 // expectClosed reads from c until it reports EOF or an error.

@@ -27,6 +27,7 @@ import (
 	"github.com/halolb/halo/agent/xdsclient"
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/backoff"
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -175,13 +176,7 @@ func (a *agent) waitFor(t *testing.T, what string, cond func(state []*xdsclient.
 // poll checks cond until it holds, failing after the deadline.
 func poll(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	end := time.Now().Add(deadline)
-	for !cond() {
-		if time.Now().After(end) {
-			t.Fatalf("%s: not after %v", what, deadline)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.True(t, deadline, what, cond)
 }
 
 func describe(state []*xdsclient.Resource) string {

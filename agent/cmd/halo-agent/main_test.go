@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/halolb/halo/internal/waitfor"
 )
 
 // The test binary doubles as halo-agent: with this variable set it runs
@@ -255,17 +256,11 @@ func TestBootstrapProcess(t *testing.T) {
 
 func pollHTTP(t *testing.T, url string, want int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	for {
+	waitfor.Nil(t, 20*time.Second, url, func() error {
 		code, body, err := get(url)
 		if err == nil && code == want {
-			return
+			return nil
 		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("%s: %d %q %v, want %d", url, code, body, err, want)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
+		return fmt.Errorf("%d %q %v, want %d", code, body, err, want)
+	})
 }
