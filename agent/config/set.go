@@ -78,15 +78,3 @@ func checkKeys[T any](kind string, m map[string]*T, name func(*T) string) []erro
 	}
 	return errs
 }
-
-// EDSNames returns the sorted EDS resource names the set's EDS clusters
-// need (each once).
-func (s *Set) EDSNames() []string {
-	names := map[string]bool{}
-	for _, c := range s.Clusters {
-		if c != nil && c.EDS {
-			names[c.EDSServiceName] = true
-		}
-	}
-	return slices.Sorted(maps.Keys(names))
-}

@@ -2,7 +2,6 @@ package config_test
 
 import (
 	"net/netip"
-	"slices"
 	"strings"
 	"testing"
 
@@ -102,20 +101,5 @@ func TestSetValidate(t *testing.T) {
 				at += i + len(w)
 			}
 		})
-	}
-}
-
-func TestEDSNames(t *testing.T) {
-	s := &config.Set{Clusters: map[string]*config.Cluster{
-		"b":      {Name: "b", EDS: true, EDSServiceName: "svc"},
-		"a":      {Name: "a", EDS: true, EDSServiceName: "a"},
-		"c":      {Name: "c", EDS: true, EDSServiceName: "svc"},
-		"static": {Name: "static", StaticEndpoints: &config.Endpoints{Name: "static"}},
-	}}
-	if got := s.EDSNames(); !slices.Equal(got, []string{"a", "svc"}) {
-		t.Errorf("EDSNames %q", got)
-	}
-	if got := (&config.Set{}).EDSNames(); len(got) != 0 {
-		t.Errorf("empty set: %q", got)
 	}
 }
