@@ -1,0 +1,135 @@
+package health_test
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/halolb/halo/server/health"
+)
+
+// switchable is a TLS apiserver whose readiness a test flips.
+type switchable struct {
+	*httptest.Server
+	ready  atomic.Bool
+	probes atomic.Int64
+}
+
+func newSwitchable(t *testing.T) *switchable {
+	t.Helper()
+	s := &switchable{}
+	s.ready.Store(true)
+	s.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		s.probes.Add(1)
+		if !s.ready.Load() {
+			http.Error(w, "[-]etcd failed", http.StatusInternalServerError)
+			return
+		}
+		w.Write([]byte("ok"))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+// transitions records what the prober reports.
+type transitions struct {
+	mu  sync.Mutex
+	got []health.Transition
+}
+
+func (r *transitions) add(t health.Transition) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, t)
+}
+
+// last returns node's last reported state.
+func (r *transitions) last(node string) (health.State, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := len(r.got) - 1; i >= 0; i-- {
+		if r.got[i].Node == node {
+			return r.got[i].State, true
+		}
+	}
+	return health.Unknown, false
+}
+
+func waitState(t *testing.T, r *transitions, node string, want health.State) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if st, ok := r.last(node); ok && st == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			st, _ := r.last(node)
+			t.Fatalf("%s: state %v, want %v", node, st, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestProberFollowsBackends(t *testing.T) {
+	settings := health.Settings{Interval: 30 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}
+	up := newSwitchable(t)
+	flip := newSwitchable(t)
+	hungURL := hung(t)
+	rec := &transitions{}
+	p := health.NewProber(health.Config{OnTransition: rec.add})
+	client := insecure() // one client: Set restarts a backend whose client changed
+	backend := func(node, url string) health.Backend {
+		return health.Backend{Key: health.Key{Cluster: "c", Node: node}, Target: health.Target{URL: url}, Client: client, Settings: settings}
+	}
+	bs := []health.Backend{backend("up", up.URL+"/readyz"), backend("flip", flip.URL+"/readyz"), backend("hung", hungURL)}
+	p.Set(bs)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+
+	waitState(t, rec, "up", health.Healthy)
+	waitState(t, rec, "flip", health.Healthy)
+	waitState(t, rec, "hung", health.Unhealthy)
+
+	flip.ready.Store(false)
+	waitState(t, rec, "flip", health.Unhealthy)
+	flip.ready.Store(true)
+	waitState(t, rec, "flip", health.Healthy)
+
+	st := p.Statuses()
+	if len(st) != 3 || st[0].Node != "flip" || st[1].Node != "hung" || st[2].Node != "up" {
+		t.Fatalf("statuses %+v", st)
+	}
+	if st[1].State != health.Unhealthy || st[1].Last.Err == nil {
+		t.Errorf("hung backend status %+v", st[1])
+	}
+
+	// Removing a backend stops its probes.
+	p.Set(bs[1:])
+	before := up.probes.Load()
+	flipBefore := flip.probes.Load()
+	// Wait until flip was probed a few more times: up must not have been.
+	deadline := time.Now().Add(10 * time.Second)
+	for flip.probes.Load() < flipBefore+5 {
+		if time.Now().After(deadline) {
+			t.Fatal("flip no longer probed")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := up.probes.Load() - before; n > 1 { // at most one probe in flight at Set
+		t.Errorf("a removed backend was probed %d more times", n)
+	}
+	if got := len(p.Statuses()); got != 2 {
+		t.Errorf("%d statuses after removing one", got)
+	}
+}
