@@ -9,6 +9,7 @@ package halov1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -21,6 +22,115 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// BackendKind is what a backend serves.
+type BackendKind int32
+
+const (
+	BackendKind_BACKEND_KIND_UNSPECIFIED BackendKind = 0
+	// A master's kube-apiserver, probed at https://aip:sp/readyz.
+	BackendKind_BACKEND_KIND_APISERVER BackendKind = 1
+	// An etcd member, probed at https://aip:client_port/health.
+	BackendKind_BACKEND_KIND_ETCD BackendKind = 2
+)
+
+// Enum value maps for BackendKind.
+var (
+	BackendKind_name = map[int32]string{
+		0: "BACKEND_KIND_UNSPECIFIED",
+		1: "BACKEND_KIND_APISERVER",
+		2: "BACKEND_KIND_ETCD",
+	}
+	BackendKind_value = map[string]int32{
+		"BACKEND_KIND_UNSPECIFIED": 0,
+		"BACKEND_KIND_APISERVER":   1,
+		"BACKEND_KIND_ETCD":        2,
+	}
+)
+
+func (x BackendKind) Enum() *BackendKind {
+	p := new(BackendKind)
+	*p = x
+	return p
+}
+
+func (x BackendKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BackendKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_halo_v1_status_proto_enumTypes[0].Descriptor()
+}
+
+func (BackendKind) Type() protoreflect.EnumType {
+	return &file_halo_v1_status_proto_enumTypes[0]
+}
+
+func (x BackendKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BackendKind.Descriptor instead.
+func (BackendKind) EnumDescriptor() ([]byte, []int) {
+	return file_halo_v1_status_proto_rawDescGZIP(), []int{0}
+}
+
+// BackendState is a backend's health; agents get it as EDS health_status.
+type BackendState int32
+
+const (
+	// Not probed enough yet to tell (agents treat it as healthy).
+	BackendState_BACKEND_STATE_UNSPECIFIED BackendState = 0
+	// rise good probes in a row.
+	BackendState_BACKEND_STATE_HEALTHY BackendState = 1
+	// fall failed probes in a row.
+	BackendState_BACKEND_STATE_UNHEALTHY BackendState = 2
+	// Node.draining: no new connections, open ones finish.
+	BackendState_BACKEND_STATE_DRAINING BackendState = 3
+)
+
+// Enum value maps for BackendState.
+var (
+	BackendState_name = map[int32]string{
+		0: "BACKEND_STATE_UNSPECIFIED",
+		1: "BACKEND_STATE_HEALTHY",
+		2: "BACKEND_STATE_UNHEALTHY",
+		3: "BACKEND_STATE_DRAINING",
+	}
+	BackendState_value = map[string]int32{
+		"BACKEND_STATE_UNSPECIFIED": 0,
+		"BACKEND_STATE_HEALTHY":     1,
+		"BACKEND_STATE_UNHEALTHY":   2,
+		"BACKEND_STATE_DRAINING":    3,
+	}
+)
+
+func (x BackendState) Enum() *BackendState {
+	p := new(BackendState)
+	*p = x
+	return p
+}
+
+func (x BackendState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BackendState) Descriptor() protoreflect.EnumDescriptor {
+	return file_halo_v1_status_proto_enumTypes[1].Descriptor()
+}
+
+func (BackendState) Type() protoreflect.EnumType {
+	return &file_halo_v1_status_proto_enumTypes[1]
+}
+
+func (x BackendState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BackendState.Descriptor instead.
+func (BackendState) EnumDescriptor() ([]byte, []int) {
+	return file_halo_v1_status_proto_rawDescGZIP(), []int{1}
+}
 
 // ListAgentsRequest selects the agents to list.
 type ListAgentsRequest struct {
@@ -388,11 +498,230 @@ func (x *ResourceTypeStatus) GetNackAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// ListBackendsRequest selects the backends to list.
+type ListBackendsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster. Required.
+	Cluster       string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBackendsRequest) Reset() {
+	*x = ListBackendsRequest{}
+	mi := &file_halo_v1_status_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBackendsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBackendsRequest) ProtoMessage() {}
+
+func (x *ListBackendsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_halo_v1_status_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBackendsRequest.ProtoReflect.Descriptor instead.
+func (*ListBackendsRequest) Descriptor() ([]byte, []int) {
+	return file_halo_v1_status_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListBackendsRequest) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+// ListBackendsResponse is a cluster's backends.
+type ListBackendsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The backends.
+	Backends []*BackendStatus `protobuf:"bytes,1,rep,name=backends,proto3" json:"backends,omitempty"`
+	// The replica that leads the probes; empty when none does.
+	Prober        string `protobuf:"bytes,2,opt,name=prober,proto3" json:"prober,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBackendsResponse) Reset() {
+	*x = ListBackendsResponse{}
+	mi := &file_halo_v1_status_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBackendsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBackendsResponse) ProtoMessage() {}
+
+func (x *ListBackendsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_halo_v1_status_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBackendsResponse.ProtoReflect.Descriptor instead.
+func (*ListBackendsResponse) Descriptor() ([]byte, []int) {
+	return file_halo_v1_status_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *ListBackendsResponse) GetBackends() []*BackendStatus {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *ListBackendsResponse) GetProber() string {
+	if x != nil {
+		return x.Prober
+	}
+	return ""
+}
+
+// BackendStatus is one backend's health. The prober stores it in etcd at
+// every transition.
+type BackendStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The backend's cluster and node.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	Node    string `protobuf:"bytes,2,opt,name=node,proto3" json:"node,omitempty"`
+	// What it serves.
+	Kind BackendKind `protobuf:"varint,3,opt,name=kind,proto3,enum=halo.v1.BackendKind" json:"kind,omitempty"`
+	// The address probed (aip:port).
+	Address string `protobuf:"bytes,4,opt,name=address,proto3" json:"address,omitempty"`
+	// Its state, and since when.
+	State BackendState           `protobuf:"varint,5,opt,name=state,proto3,enum=halo.v1.BackendState" json:"state,omitempty"`
+	Since *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=since,proto3" json:"since,omitempty"`
+	// The last probe's latency and error (empty when it succeeded).
+	LastLatency *durationpb.Duration `protobuf:"bytes,7,opt,name=last_latency,json=lastLatency,proto3" json:"last_latency,omitempty"`
+	LastError   string               `protobuf:"bytes,8,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// The backend answered 401/403 to a probe without credentials: it is
+	// responsive, so it counts as alive, but its readiness is not verified.
+	// Give the cluster probe credentials to verify it.
+	ReadinessUnverified bool `protobuf:"varint,9,opt,name=readiness_unverified,json=readinessUnverified,proto3" json:"readiness_unverified,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *BackendStatus) Reset() {
+	*x = BackendStatus{}
+	mi := &file_halo_v1_status_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackendStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackendStatus) ProtoMessage() {}
+
+func (x *BackendStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_halo_v1_status_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackendStatus.ProtoReflect.Descriptor instead.
+func (*BackendStatus) Descriptor() ([]byte, []int) {
+	return file_halo_v1_status_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *BackendStatus) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *BackendStatus) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *BackendStatus) GetKind() BackendKind {
+	if x != nil {
+		return x.Kind
+	}
+	return BackendKind_BACKEND_KIND_UNSPECIFIED
+}
+
+func (x *BackendStatus) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *BackendStatus) GetState() BackendState {
+	if x != nil {
+		return x.State
+	}
+	return BackendState_BACKEND_STATE_UNSPECIFIED
+}
+
+func (x *BackendStatus) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *BackendStatus) GetLastLatency() *durationpb.Duration {
+	if x != nil {
+		return x.LastLatency
+	}
+	return nil
+}
+
+func (x *BackendStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *BackendStatus) GetReadinessUnverified() bool {
+	if x != nil {
+		return x.ReadinessUnverified
+	}
+	return false
+}
+
 var File_halo_v1_status_proto protoreflect.FileDescriptor
 
 const file_halo_v1_status_proto_rawDesc = "" +
 	"\n" +
-	"\x14halo/v1/status.proto\x12\ahalo.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n" +
+	"\x14halo/v1/status.proto\x12\ahalo.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"L\n" +
 	"\x11ListAgentsRequest\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12\x1d\n" +
 	"\n" +
@@ -424,10 +753,36 @@ const file_halo_v1_status_proto_rawDesc = "" +
 	"\fnack_version\x18\a \x01(\tR\vnackVersion\x12\x1d\n" +
 	"\n" +
 	"nack_error\x18\b \x01(\tR\tnackError\x123\n" +
-	"\anack_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x06nackAt2V\n" +
+	"\anack_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x06nackAt\"/\n" +
+	"\x13ListBackendsRequest\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\"b\n" +
+	"\x14ListBackendsResponse\x122\n" +
+	"\bbackends\x18\x01 \x03(\v2\x16.halo.v1.BackendStatusR\bbackends\x12\x16\n" +
+	"\x06prober\x18\x02 \x01(\tR\x06prober\"\xf0\x02\n" +
+	"\rBackendStatus\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x12\n" +
+	"\x04node\x18\x02 \x01(\tR\x04node\x12(\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x14.halo.v1.BackendKindR\x04kind\x12\x18\n" +
+	"\aaddress\x18\x04 \x01(\tR\aaddress\x12+\n" +
+	"\x05state\x18\x05 \x01(\x0e2\x15.halo.v1.BackendStateR\x05state\x120\n" +
+	"\x05since\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12<\n" +
+	"\flast_latency\x18\a \x01(\v2\x19.google.protobuf.DurationR\vlastLatency\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\b \x01(\tR\tlastError\x121\n" +
+	"\x14readiness_unverified\x18\t \x01(\bR\x13readinessUnverified*^\n" +
+	"\vBackendKind\x12\x1c\n" +
+	"\x18BACKEND_KIND_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16BACKEND_KIND_APISERVER\x10\x01\x12\x15\n" +
+	"\x11BACKEND_KIND_ETCD\x10\x02*\x81\x01\n" +
+	"\fBackendState\x12\x1d\n" +
+	"\x19BACKEND_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15BACKEND_STATE_HEALTHY\x10\x01\x12\x1b\n" +
+	"\x17BACKEND_STATE_UNHEALTHY\x10\x02\x12\x1a\n" +
+	"\x16BACKEND_STATE_DRAINING\x10\x032\xa3\x01\n" +
 	"\rStatusService\x12E\n" +
 	"\n" +
-	"ListAgents\x12\x1a.halo.v1.ListAgentsRequest\x1a\x1b.halo.v1.ListAgentsResponseB+Z)github.com/halolb/halo/gen/halo/v1;halov1b\x06proto3"
+	"ListAgents\x12\x1a.halo.v1.ListAgentsRequest\x1a\x1b.halo.v1.ListAgentsResponse\x12K\n" +
+	"\fListBackends\x12\x1c.halo.v1.ListBackendsRequest\x1a\x1d.halo.v1.ListBackendsResponseB+Z)github.com/halolb/halo/gen/halo/v1;halov1b\x06proto3"
 
 var (
 	file_halo_v1_status_proto_rawDescOnce sync.Once
@@ -441,27 +796,41 @@ func file_halo_v1_status_proto_rawDescGZIP() []byte {
 	return file_halo_v1_status_proto_rawDescData
 }
 
-var file_halo_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_halo_v1_status_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_halo_v1_status_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_halo_v1_status_proto_goTypes = []any{
-	(*ListAgentsRequest)(nil),     // 0: halo.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),    // 1: halo.v1.ListAgentsResponse
-	(*AgentStatus)(nil),           // 2: halo.v1.AgentStatus
-	(*ResourceTypeStatus)(nil),    // 3: halo.v1.ResourceTypeStatus
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(BackendKind)(0),              // 0: halo.v1.BackendKind
+	(BackendState)(0),             // 1: halo.v1.BackendState
+	(*ListAgentsRequest)(nil),     // 2: halo.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),    // 3: halo.v1.ListAgentsResponse
+	(*AgentStatus)(nil),           // 4: halo.v1.AgentStatus
+	(*ResourceTypeStatus)(nil),    // 5: halo.v1.ResourceTypeStatus
+	(*ListBackendsRequest)(nil),   // 6: halo.v1.ListBackendsRequest
+	(*ListBackendsResponse)(nil),  // 7: halo.v1.ListBackendsResponse
+	(*BackendStatus)(nil),         // 8: halo.v1.BackendStatus
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
 }
 var file_halo_v1_status_proto_depIdxs = []int32{
-	2, // 0: halo.v1.ListAgentsResponse.agents:type_name -> halo.v1.AgentStatus
-	4, // 1: halo.v1.AgentStatus.connected_since:type_name -> google.protobuf.Timestamp
-	3, // 2: halo.v1.AgentStatus.types:type_name -> halo.v1.ResourceTypeStatus
-	4, // 3: halo.v1.ResourceTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
-	4, // 4: halo.v1.ResourceTypeStatus.nack_at:type_name -> google.protobuf.Timestamp
-	0, // 5: halo.v1.StatusService.ListAgents:input_type -> halo.v1.ListAgentsRequest
-	1, // 6: halo.v1.StatusService.ListAgents:output_type -> halo.v1.ListAgentsResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	4,  // 0: halo.v1.ListAgentsResponse.agents:type_name -> halo.v1.AgentStatus
+	9,  // 1: halo.v1.AgentStatus.connected_since:type_name -> google.protobuf.Timestamp
+	5,  // 2: halo.v1.AgentStatus.types:type_name -> halo.v1.ResourceTypeStatus
+	9,  // 3: halo.v1.ResourceTypeStatus.acked_at:type_name -> google.protobuf.Timestamp
+	9,  // 4: halo.v1.ResourceTypeStatus.nack_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: halo.v1.ListBackendsResponse.backends:type_name -> halo.v1.BackendStatus
+	0,  // 6: halo.v1.BackendStatus.kind:type_name -> halo.v1.BackendKind
+	1,  // 7: halo.v1.BackendStatus.state:type_name -> halo.v1.BackendState
+	9,  // 8: halo.v1.BackendStatus.since:type_name -> google.protobuf.Timestamp
+	10, // 9: halo.v1.BackendStatus.last_latency:type_name -> google.protobuf.Duration
+	2,  // 10: halo.v1.StatusService.ListAgents:input_type -> halo.v1.ListAgentsRequest
+	6,  // 11: halo.v1.StatusService.ListBackends:input_type -> halo.v1.ListBackendsRequest
+	3,  // 12: halo.v1.StatusService.ListAgents:output_type -> halo.v1.ListAgentsResponse
+	7,  // 13: halo.v1.StatusService.ListBackends:output_type -> halo.v1.ListBackendsResponse
+	12, // [12:14] is the sub-list for method output_type
+	10, // [10:12] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_halo_v1_status_proto_init() }
@@ -474,13 +843,14 @@ func file_halo_v1_status_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_halo_v1_status_proto_rawDesc), len(file_halo_v1_status_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   4,
+			NumEnums:      2,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_halo_v1_status_proto_goTypes,
 		DependencyIndexes: file_halo_v1_status_proto_depIdxs,
+		EnumInfos:         file_halo_v1_status_proto_enumTypes,
 		MessageInfos:      file_halo_v1_status_proto_msgTypes,
 	}.Build()
 	File_halo_v1_status_proto = out.File

@@ -19,7 +19,8 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	StatusService_ListAgents_FullMethodName = "/halo.v1.StatusService/ListAgents"
+	StatusService_ListAgents_FullMethodName   = "/halo.v1.StatusService/ListAgents"
+	StatusService_ListBackends_FullMethodName = "/halo.v1.StatusService/ListBackends"
 )
 
 // StatusServiceClient is the client API for StatusService service.
@@ -33,6 +34,10 @@ type StatusServiceClient interface {
 	// to this replica and to every other live replica, sorted by cluster and
 	// node. A replica that does not answer is named in unreachable_replicas.
 	ListAgents(ctx context.Context, in *ListAgentsRequest, opts ...grpc.CallOption) (*ListAgentsResponse, error)
+	// ListBackends lists the backends of a cluster (every master's
+	// kube-apiserver and every etcd member) with their health as the prober
+	// concluded it, sorted by node and kind.
+	ListBackends(ctx context.Context, in *ListBackendsRequest, opts ...grpc.CallOption) (*ListBackendsResponse, error)
 }
 
 type statusServiceClient struct {
@@ -53,6 +58,16 @@ func (c *statusServiceClient) ListAgents(ctx context.Context, in *ListAgentsRequ
 	return out, nil
 }
 
+func (c *statusServiceClient) ListBackends(ctx context.Context, in *ListBackendsRequest, opts ...grpc.CallOption) (*ListBackendsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBackendsResponse)
+	err := c.cc.Invoke(ctx, StatusService_ListBackends_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // StatusServiceServer is the server API for StatusService service.
 // All implementations must embed UnimplementedStatusServiceServer
 // for forward compatibility.
@@ -64,6 +79,10 @@ type StatusServiceServer interface {
 	// to this replica and to every other live replica, sorted by cluster and
 	// node. A replica that does not answer is named in unreachable_replicas.
 	ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error)
+	// ListBackends lists the backends of a cluster (every master's
+	// kube-apiserver and every etcd member) with their health as the prober
+	// concluded it, sorted by node and kind.
+	ListBackends(context.Context, *ListBackendsRequest) (*ListBackendsResponse, error)
 	mustEmbedUnimplementedStatusServiceServer()
 }
 
@@ -76,6 +95,9 @@ type UnimplementedStatusServiceServer struct{}
 
 func (UnimplementedStatusServiceServer) ListAgents(context.Context, *ListAgentsRequest) (*ListAgentsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListAgents not implemented")
+}
+func (UnimplementedStatusServiceServer) ListBackends(context.Context, *ListBackendsRequest) (*ListBackendsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBackends not implemented")
 }
 func (UnimplementedStatusServiceServer) mustEmbedUnimplementedStatusServiceServer() {}
 func (UnimplementedStatusServiceServer) testEmbeddedByValue()                       {}
@@ -116,6 +138,24 @@ func _StatusService_ListAgents_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _StatusService_ListBackends_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBackendsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StatusServiceServer).ListBackends(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: StatusService_ListBackends_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StatusServiceServer).ListBackends(ctx, req.(*ListBackendsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // StatusService_ServiceDesc is the grpc.ServiceDesc for StatusService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -126,6 +166,10 @@ var StatusService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListAgents",
 			Handler:    _StatusService_ListAgents_Handler,
+		},
+		{
+			MethodName: "ListBackends",
+			Handler:    _StatusService_ListBackends_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
