@@ -46,7 +46,7 @@ func fixtures() map[string]*halov1.Cluster { return snapshottest.Clusters() }
 
 // health gives master-b UNHEALTHY, master-c DEGRADED, etcd-4 TIMEOUT, the
 // rest HEALTHY; master-a is draining.
-func health(_, n string) corev3.HealthStatus {
+func health(_, n string, _ halov1.BackendKind) corev3.HealthStatus {
 	switch n {
 	case "master-b":
 		return corev3.HealthStatus_UNHEALTHY

@@ -35,8 +35,9 @@ var listenerClusters = map[string][]string{
 // so a dead master is invisible to clients.
 const MaxConnectAttempts = 3
 
-// Health reports the health of one backend (a node of a cluster) for EDS.
-type Health func(cluster, node string) corev3.HealthStatus
+// Health reports the health of one backend (a node of a cluster, as an
+// apiserver or an etcd member) for EDS.
+type Health func(cluster, node string, kind halov1.BackendKind) corev3.HealthStatus
 
 // Input is what a cluster's snapshots are built from.
 type Input struct {
@@ -100,11 +101,11 @@ func Build(in Input) *Result {
 	}
 	health := in.Health
 	if health == nil {
-		health = func(string, string) corev3.HealthStatus { return corev3.HealthStatus_UNKNOWN }
+		health = func(string, string, halov1.BackendKind) corev3.HealthStatus { return corev3.HealthStatus_UNKNOWN }
 	}
 
 	add("cds/"+ClusterAPIServer, edsCluster(ClusterAPIServer, a), nil)
-	add("eds/"+ClusterAPIServer, loadAssignment(ClusterAPIServer, d.GetName(), masters, a.GetPort(), health), nil)
+	add("eds/"+ClusterAPIServer, loadAssignment(ClusterAPIServer, d.GetName(), masters, a.GetPort(), halov1.BackendKind_BACKEND_KIND_APISERVER, health), nil)
 	if r.localLB {
 		l, err := tcpListener(ListenerAPIServerLocal, "127.0.0.1", a.GetLocalLbPort(), false, ClusterAPIServer, a)
 		add("lds/"+ListenerAPIServerLocal, l, err, listenerClusters[ListenerAPIServerLocal]...)
@@ -115,7 +116,7 @@ func Build(in Input) *Result {
 	}
 	if r.el {
 		add("cds/"+ClusterEtcd, edsCluster(ClusterEtcd, a), nil)
-		add("eds/"+ClusterEtcd, loadAssignment(ClusterEtcd, d.GetName(), members, e.GetClientPort(), health), nil)
+		add("eds/"+ClusterEtcd, loadAssignment(ClusterEtcd, d.GetName(), members, e.GetClientPort(), halov1.BackendKind_BACKEND_KIND_ETCD, health), nil)
 		l, err := tcpListener(ListenerEtcdLocal, "127.0.0.1", e.GetLocalLbPort(), false, ClusterEtcd, a)
 		add("lds/"+ListenerEtcdLocal, l, err, listenerClusters[ListenerEtcdLocal]...)
 	}
@@ -329,14 +330,14 @@ func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
 
 // loadAssignment lists backends at aip:port, in ordinal order, with their
 // health.
-func loadAssignment(name, cluster string, backends []*halov1.Node, port uint32, health Health) *endpointv3.ClusterLoadAssignment {
+func loadAssignment(name, cluster string, backends []*halov1.Node, port uint32, kind halov1.BackendKind, health Health) *endpointv3.ClusterLoadAssignment {
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
 	if len(backends) == 0 {
 		return cla
 	}
 	lle := &endpointv3.LocalityLbEndpoints{}
 	for _, n := range backends {
-		hs := health(cluster, n.GetName())
+		hs := health(cluster, n.GetName(), kind)
 		if n.GetDraining() {
 			hs = corev3.HealthStatus_DRAINING
 		}

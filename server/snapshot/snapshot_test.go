@@ -314,7 +314,7 @@ func TestDeterministic(t *testing.T) {
 func TestHealthMovesOnlyEDS(t *testing.T) {
 	c := &halov1.Cluster{Name: "prod"}
 	before := snapshot.Build(snapshot.Input{Cluster: c, Nodes: nodes()}).Snapshots["prod/apiserver-local"]
-	down := func(cluster, n string) corev3.HealthStatus {
+	down := func(cluster, n string, _ halov1.BackendKind) corev3.HealthStatus {
 		if n == "master-b" {
 			return corev3.HealthStatus_UNHEALTHY
 		}
@@ -396,5 +396,36 @@ func TestVersionsFollowContent(t *testing.T) {
 	}
 	if fmt.Sprint(a.Names(resource.ListenerType)) != "[apiserver-local]" {
 		t.Errorf("names %v", a.Names(resource.ListenerType))
+	}
+}
+
+// TestHealthPerKind: a node that is a master and an etcd member has a
+// health for each; each EDS resource carries its own.
+func TestHealthPerKind(t *testing.T) {
+	c := fixtures()["local, etcd LB"]
+	etcdDown := func(_, n string, kind halov1.BackendKind) corev3.HealthStatus {
+		if n == "master-a" && kind == halov1.BackendKind_BACKEND_KIND_ETCD {
+			return corev3.HealthStatus_UNHEALTHY
+		}
+		return corev3.HealthStatus_HEALTHY
+	}
+	s := snapshot.Build(snapshot.Input{Cluster: c, Nodes: nodes(), Health: etcdDown}).Snapshots["prod/apiserver-local+etcd-local"]
+	if s == nil {
+		t.Fatal("no snapshot for the worker profile")
+	}
+	statusOf := func(cluster, node string) corev3.HealthStatus {
+		for _, e := range s.Get(resource.EndpointType, cluster).Message.(*endpointv3.ClusterLoadAssignment).GetEndpoints()[0].GetLbEndpoints() {
+			if e.GetEndpoint().GetHostname() == node {
+				return e.GetHealthStatus()
+			}
+		}
+		t.Fatalf("%s has no endpoint %s", cluster, node)
+		return 0
+	}
+	if got := statusOf(snapshot.ClusterEtcd, "master-a"); got != corev3.HealthStatus_UNHEALTHY {
+		t.Errorf("etcd master-a: %v", got)
+	}
+	if got := statusOf(snapshot.ClusterAPIServer, "master-a"); got != corev3.HealthStatus_HEALTHY {
+		t.Errorf("apiserver master-a: %v", got)
 	}
 }
