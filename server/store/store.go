@@ -115,6 +115,7 @@ func New(cfg Config) (*Store, error) {
 //	index/<cluster>/ip/<ip>             the node holding that ip
 //	index/<cluster>/master-ordinal/<n>  the master holding that ordinal
 //	index/<cluster>/load-balancer/<node>
+//	health/<cluster>/<kind>/<node>      a BackendStatus (health.go)
 //
 // The index keys let a node write check uniqueness and commit by comparing
 // a few keys, instead of reading (and racing with) every node of the
@@ -428,6 +429,7 @@ func (s *Store) DeleteCluster(ctx context.Context, name string, force bool, expe
 			clientv3.OpDelete(key),
 			clientv3.OpDelete(s.nodesPrefix(name), clientv3.WithPrefix()),
 			clientv3.OpDelete(s.indexPrefix(name), clientv3.WithPrefix()),
+			clientv3.OpDelete(s.healthPrefix(name), clientv3.WithPrefix()),
 		})
 		if err != nil {
 			return 0, 0, err
@@ -595,7 +597,7 @@ func (s *Store) DeleteNode(ctx context.Context, cluster, name string, expected i
 			return 0, err
 		}
 		then := []clientv3.Op{clientv3.OpDelete(key)}
-		for _, k := range s.indexKeys(old) {
+		for _, k := range append(s.indexKeys(old), s.healthKeys(cluster, name)...) {
 			then = append(then, clientv3.OpDelete(k))
 		}
 		wr, err := s.commit(ctx, "delete "+what, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", old.GetRevision())}, then)
