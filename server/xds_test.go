@@ -26,6 +26,7 @@ import (
 	"github.com/halolb/halo/server/ads/adstest"
 	"github.com/halolb/halo/server/bootstrap"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/store"
 )
 
 var (
@@ -688,5 +689,55 @@ func TestDeadReplicaVanishes(t *testing.T) {
 	poll(t, "the dead replica's lease expiring", func() bool {
 		resp, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{})
 		return err == nil && len(resp.GetUnreachableReplicas()) == 0
+	})
+}
+
+// TestXDSBackendHealth: a backend status the prober stores in etcd reaches
+// the nodes as the EDS health of that endpoint (per kind: a master that is
+// also an etcd member has one for each), and only EDS moves.
+func TestXDSBackendHealth(t *testing.T) {
+	srv := servertest.New(t)
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	xdsTopology(t, tc)
+	st, err := store.New(store.Config{Client: srv.Etcd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := agent(t, srv.Conn, &adstest.Client{Node: nodeID("local", "worker-1"), Delta: true})
+	waitFor(t, w, "endpoints", endpointCounts(t, 3, 3))
+	cdsVersion := w.Version(cdsT, "kube-apiserver")
+	healthOf := func(c *adstest.Client, cluster, node string) corev3.HealthStatus {
+		cla := &endpointv3.ClusterLoadAssignment{}
+		if !c.Resource(edsT, cluster, cla) {
+			return -1
+		}
+		for _, l := range cla.GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				if e.GetEndpoint().GetHostname() == node {
+					return e.GetHealthStatus()
+				}
+			}
+		}
+		return -1
+	}
+	if err := st.PutBackendStatus(ctxT(t), &halov1.BackendStatus{Cluster: "local", Node: "master-2",
+		Kind: halov1.BackendKind_BACKEND_KIND_APISERVER, State: halov1.BackendState_BACKEND_STATE_UNHEALTHY}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, "master-2 unhealthy", func(c *adstest.Client) bool {
+		return healthOf(c, "kube-apiserver", "master-2") == corev3.HealthStatus_UNHEALTHY
+	})
+	if got := healthOf(w, "etcd", "master-2"); got != corev3.HealthStatus_UNKNOWN {
+		t.Errorf("master-2 as an etcd member: %v, want UNKNOWN (only its apiserver is down)", got)
+	}
+	if w.Version(cdsT, "kube-apiserver") != cdsVersion {
+		t.Error("a health change moved CDS")
+	}
+	if err := st.PutBackendStatus(ctxT(t), &halov1.BackendStatus{Cluster: "local", Node: "master-2",
+		Kind: halov1.BackendKind_BACKEND_KIND_APISERVER, State: halov1.BackendState_BACKEND_STATE_HEALTHY}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, w, "master-2 healthy again", func(c *adstest.Client) bool {
+		return healthOf(c, "kube-apiserver", "master-2") == corev3.HealthStatus_HEALTHY
 	})
 }

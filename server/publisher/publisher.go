@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
@@ -55,8 +56,32 @@ type Publisher struct {
 type model struct {
 	cluster *halov1.Cluster
 	nodes   map[string]*halov1.Node
+	health  map[backendKey]halov1.BackendState
 	result  *snapshot.Result
 	held    string // the held reasons last logged
+}
+
+// backendKey names a backend of a cluster: a node as an apiserver or as
+// an etcd member.
+type backendKey struct {
+	node string
+	kind halov1.BackendKind
+}
+
+func newModel() *model {
+	return &model{nodes: map[string]*halov1.Node{}, health: map[backendKey]halov1.BackendState{}}
+}
+
+// healthOf is the EDS health of a backend as the prober last concluded it
+// (UNKNOWN, which agents and Envoy treat as healthy, until it has).
+func (m *model) healthOf(_, node string, kind halov1.BackendKind) corev3.HealthStatus {
+	switch m.health[backendKey{node, kind}] {
+	case halov1.BackendState_BACKEND_STATE_HEALTHY:
+		return corev3.HealthStatus_HEALTHY
+	case halov1.BackendState_BACKEND_STATE_UNHEALTHY:
+		return corev3.HealthStatus_UNHEALTHY
+	}
+	return corev3.HealthStatus_UNKNOWN
 }
 
 // New returns a Publisher. It starts nothing.
@@ -114,12 +139,16 @@ func (p *Publisher) replaceAll(all map[string]*store.ClusterTopology) {
 	}
 	for _, name := range slices.Sorted(maps.Keys(all)) {
 		t := all[name]
-		m := &model{cluster: t.Cluster, nodes: map[string]*halov1.Node{}}
+		m := newModel()
+		m.cluster = t.Cluster
 		if old := p.clusters[name]; old != nil {
 			m.held = old.held
 		}
 		for _, n := range t.Nodes {
 			m.nodes[n.GetName()] = n
+		}
+		for _, st := range t.Backends {
+			m.health[backendKey{st.GetNode(), st.GetKind()}] = st.GetState()
 		}
 		p.clusters[name] = m
 		p.publish(name, m)
@@ -143,11 +172,27 @@ func (p *Publisher) apply(ev *halov1.WatchEvent) error {
 			}
 			m := p.clusters[name]
 			if m == nil {
-				m = &model{nodes: map[string]*halov1.Node{}}
+				m = newModel()
 				p.clusters[name] = m
 			}
 			m.cluster = c
 			rebuild[name] = true
+			continue
+		}
+		if st := ch.GetBackendStatus(); st != nil {
+			m := p.clusters[st.GetCluster()]
+			if m == nil {
+				continue
+			}
+			k := backendKey{st.GetNode(), st.GetKind()}
+			if del {
+				delete(m.health, k)
+			} else {
+				m.health[k] = st.GetState()
+			}
+			if shapesResources(m.nodes[st.GetNode()]) {
+				rebuild[st.GetCluster()] = true
+			}
 			continue
 		}
 		n := ch.GetNode()
@@ -197,7 +242,7 @@ func (p *Publisher) publish(name string, m *model) {
 	for _, n := range m.nodes {
 		nodes = append(nodes, n)
 	}
-	r := snapshot.Build(snapshot.Input{Cluster: m.cluster, Nodes: nodes})
+	r := snapshot.Build(snapshot.Input{Cluster: m.cluster, Nodes: nodes, Health: m.healthOf})
 	m.result = r
 	// A profile whose content did not change keeps its snapshot, so that
 	// its streams see nothing new and do no work.

@@ -267,6 +267,8 @@ func (s *Store) Topology(ctx context.Context, cluster string) (*halov1.Cluster, 
 type ClusterTopology struct {
 	Cluster *halov1.Cluster
 	Nodes   []*halov1.Node
+	// Backends are the stored health of its backends.
+	Backends []*halov1.BackendStatus
 }
 
 // LoadAll returns every cluster with its nodes, read at one revision, and
@@ -274,7 +276,8 @@ type ClusterTopology struct {
 func (s *Store) LoadAll(ctx context.Context) (map[string]*ClusterTopology, int64, error) {
 	resp, err := s.read(ctx, "load all",
 		clientv3.OpGet(s.clustersPrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.prefix+"nodes/", clientv3.WithPrefix()))
+		clientv3.OpGet(s.prefix+"nodes/", clientv3.WithPrefix()),
+		clientv3.OpGet(s.prefix+"health/", clientv3.WithPrefix()))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -293,6 +296,16 @@ func (s *Store) LoadAll(ctx context.Context) (map[string]*ClusterTopology, int64
 	for _, n := range nodes {
 		if t := out[n.GetCluster()]; t != nil {
 			t.Nodes = append(t.Nodes, n)
+		}
+	}
+	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
+		st := &halov1.BackendStatus{}
+		if err := proto.Unmarshal(kv.Value, st); err != nil {
+			s.log.Error("undecodable backend status in etcd", "key", string(kv.Key), "error", err)
+			continue
+		}
+		if t := out[st.GetCluster()]; t != nil {
+			t.Backends = append(t.Backends, st)
 		}
 	}
 	return out, resp.Header.Revision, nil

@@ -8,6 +8,8 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"google.golang.org/protobuf/proto"
+
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 )
 
@@ -119,6 +121,17 @@ func (s *Store) change(e *clientv3.Event, cluster string) *halov1.Change {
 			}
 		}
 		return &halov1.Change{Type: typ, Object: &halov1.Change_Node{Node: n}}
+	case "health":
+		cl, _, _ := strings.Cut(rest, "/")
+		if kv == nil || (cluster != "" && cl != cluster) {
+			return nil
+		}
+		st := &halov1.BackendStatus{}
+		if err := proto.Unmarshal(kv.Value, st); err != nil {
+			s.log.Error("undecodable backend status in etcd", "key", string(e.Kv.Key), "error", err)
+			return nil
+		}
+		return &halov1.Change{Type: typ, Object: &halov1.Change_BackendStatus{BackendStatus: st}}
 	}
 	return nil
 }

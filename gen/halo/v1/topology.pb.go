@@ -1736,6 +1736,7 @@ type Change struct {
 	//
 	//	*Change_Cluster
 	//	*Change_Node
+	//	*Change_BackendStatus
 	Object        isChange_Object `protobuf_oneof:"object"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1803,6 +1804,15 @@ func (x *Change) GetNode() *Node {
 	return nil
 }
 
+func (x *Change) GetBackendStatus() *BackendStatus {
+	if x != nil {
+		if x, ok := x.Object.(*Change_BackendStatus); ok {
+			return x.BackendStatus
+		}
+	}
+	return nil
+}
+
 type isChange_Object interface {
 	isChange_Object()
 }
@@ -1817,15 +1827,23 @@ type Change_Node struct {
 	Node *Node `protobuf:"bytes,3,opt,name=node,proto3,oneof"`
 }
 
+type Change_BackendStatus struct {
+	// A backend's health, as the prober concluded it (a put at each
+	// transition; deleted with its node).
+	BackendStatus *BackendStatus `protobuf:"bytes,4,opt,name=backend_status,json=backendStatus,proto3,oneof"`
+}
+
 func (*Change_Cluster) isChange_Object() {}
 
 func (*Change_Node) isChange_Object() {}
+
+func (*Change_BackendStatus) isChange_Object() {}
 
 var File_halo_v1_topology_proto protoreflect.FileDescriptor
 
 const file_halo_v1_topology_proto_rawDesc = "" +
 	"\n" +
-	"\x16halo/v1/topology.proto\x12\ahalo.v1\x1a\x1egoogle/protobuf/duration.proto\"\xf6\x01\n" +
+	"\x16halo/v1/topology.proto\x12\ahalo.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x14halo/v1/status.proto\"\xf6\x01\n" +
 	"\aCluster\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12$\n" +
 	"\x0elb_domain_name\x18\x02 \x01(\tR\flbDomainName\x12\x1d\n" +
@@ -1935,11 +1953,12 @@ const file_halo_v1_topology_proto_rawDesc = "" +
 	"\n" +
 	"WatchEvent\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12)\n" +
-	"\achanges\x18\x02 \x03(\v2\x0f.halo.v1.ChangeR\achanges\"\x8e\x01\n" +
+	"\achanges\x18\x02 \x03(\v2\x0f.halo.v1.ChangeR\achanges\"\xcf\x01\n" +
 	"\x06Change\x12'\n" +
 	"\x04type\x18\x01 \x01(\x0e2\x13.halo.v1.ChangeTypeR\x04type\x12,\n" +
 	"\acluster\x18\x02 \x01(\v2\x10.halo.v1.ClusterH\x00R\acluster\x12#\n" +
-	"\x04node\x18\x03 \x01(\v2\r.halo.v1.NodeH\x00R\x04nodeB\b\n" +
+	"\x04node\x18\x03 \x01(\v2\r.halo.v1.NodeH\x00R\x04node\x12?\n" +
+	"\x0ebackend_status\x18\x04 \x01(\v2\x16.halo.v1.BackendStatusH\x00R\rbackendStatusB\b\n" +
 	"\x06object*s\n" +
 	"\bLbPolicy\x12\x19\n" +
 	"\x15LB_POLICY_UNSPECIFIED\x10\x00\x12\x1b\n" +
@@ -2013,6 +2032,7 @@ var file_halo_v1_topology_proto_goTypes = []any{
 	(*Change)(nil),                // 24: halo.v1.Change
 	nil,                           // 25: halo.v1.Node.LabelsEntry
 	(*durationpb.Duration)(nil),   // 26: google.protobuf.Duration
+	(*BackendStatus)(nil),         // 27: halo.v1.BackendStatus
 }
 var file_halo_v1_topology_proto_depIdxs = []int32{
 	4,  // 0: halo.v1.Cluster.apiserver:type_name -> halo.v1.ApiServer
@@ -2038,29 +2058,30 @@ var file_halo_v1_topology_proto_depIdxs = []int32{
 	2,  // 20: halo.v1.Change.type:type_name -> halo.v1.ChangeType
 	3,  // 21: halo.v1.Change.cluster:type_name -> halo.v1.Cluster
 	9,  // 22: halo.v1.Change.node:type_name -> halo.v1.Node
-	10, // 23: halo.v1.TopologyService.PutCluster:input_type -> halo.v1.PutClusterRequest
-	11, // 24: halo.v1.TopologyService.GetCluster:input_type -> halo.v1.GetClusterRequest
-	12, // 25: halo.v1.TopologyService.ListClusters:input_type -> halo.v1.ListClustersRequest
-	14, // 26: halo.v1.TopologyService.DeleteCluster:input_type -> halo.v1.DeleteClusterRequest
-	16, // 27: halo.v1.TopologyService.PutNode:input_type -> halo.v1.PutNodeRequest
-	17, // 28: halo.v1.TopologyService.GetNode:input_type -> halo.v1.GetNodeRequest
-	18, // 29: halo.v1.TopologyService.ListNodes:input_type -> halo.v1.ListNodesRequest
-	20, // 30: halo.v1.TopologyService.DeleteNode:input_type -> halo.v1.DeleteNodeRequest
-	22, // 31: halo.v1.TopologyService.Watch:input_type -> halo.v1.WatchRequest
-	3,  // 32: halo.v1.TopologyService.PutCluster:output_type -> halo.v1.Cluster
-	3,  // 33: halo.v1.TopologyService.GetCluster:output_type -> halo.v1.Cluster
-	13, // 34: halo.v1.TopologyService.ListClusters:output_type -> halo.v1.ListClustersResponse
-	15, // 35: halo.v1.TopologyService.DeleteCluster:output_type -> halo.v1.DeleteClusterResponse
-	9,  // 36: halo.v1.TopologyService.PutNode:output_type -> halo.v1.Node
-	9,  // 37: halo.v1.TopologyService.GetNode:output_type -> halo.v1.Node
-	19, // 38: halo.v1.TopologyService.ListNodes:output_type -> halo.v1.ListNodesResponse
-	21, // 39: halo.v1.TopologyService.DeleteNode:output_type -> halo.v1.DeleteNodeResponse
-	23, // 40: halo.v1.TopologyService.Watch:output_type -> halo.v1.WatchEvent
-	32, // [32:41] is the sub-list for method output_type
-	23, // [23:32] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	27, // 23: halo.v1.Change.backend_status:type_name -> halo.v1.BackendStatus
+	10, // 24: halo.v1.TopologyService.PutCluster:input_type -> halo.v1.PutClusterRequest
+	11, // 25: halo.v1.TopologyService.GetCluster:input_type -> halo.v1.GetClusterRequest
+	12, // 26: halo.v1.TopologyService.ListClusters:input_type -> halo.v1.ListClustersRequest
+	14, // 27: halo.v1.TopologyService.DeleteCluster:input_type -> halo.v1.DeleteClusterRequest
+	16, // 28: halo.v1.TopologyService.PutNode:input_type -> halo.v1.PutNodeRequest
+	17, // 29: halo.v1.TopologyService.GetNode:input_type -> halo.v1.GetNodeRequest
+	18, // 30: halo.v1.TopologyService.ListNodes:input_type -> halo.v1.ListNodesRequest
+	20, // 31: halo.v1.TopologyService.DeleteNode:input_type -> halo.v1.DeleteNodeRequest
+	22, // 32: halo.v1.TopologyService.Watch:input_type -> halo.v1.WatchRequest
+	3,  // 33: halo.v1.TopologyService.PutCluster:output_type -> halo.v1.Cluster
+	3,  // 34: halo.v1.TopologyService.GetCluster:output_type -> halo.v1.Cluster
+	13, // 35: halo.v1.TopologyService.ListClusters:output_type -> halo.v1.ListClustersResponse
+	15, // 36: halo.v1.TopologyService.DeleteCluster:output_type -> halo.v1.DeleteClusterResponse
+	9,  // 37: halo.v1.TopologyService.PutNode:output_type -> halo.v1.Node
+	9,  // 38: halo.v1.TopologyService.GetNode:output_type -> halo.v1.Node
+	19, // 39: halo.v1.TopologyService.ListNodes:output_type -> halo.v1.ListNodesResponse
+	21, // 40: halo.v1.TopologyService.DeleteNode:output_type -> halo.v1.DeleteNodeResponse
+	23, // 41: halo.v1.TopologyService.Watch:output_type -> halo.v1.WatchEvent
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_halo_v1_topology_proto_init() }
@@ -2068,10 +2089,12 @@ func file_halo_v1_topology_proto_init() {
 	if File_halo_v1_topology_proto != nil {
 		return
 	}
+	file_halo_v1_status_proto_init()
 	file_halo_v1_topology_proto_msgTypes[1].OneofWrappers = []any{}
 	file_halo_v1_topology_proto_msgTypes[21].OneofWrappers = []any{
 		(*Change_Cluster)(nil),
 		(*Change_Node)(nil),
+		(*Change_BackendStatus)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
