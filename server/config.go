@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	probes "github.com/halolb/halo/server/health"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
@@ -54,6 +55,10 @@ type Config struct {
 	// ReplicaTTL is how long a replica that stopped stays registered.
 	// Default replicas.DefaultTTL.
 	ReplicaTTL time.Duration
+	// ProbeElectionTTL is the TTL of the session with which replicas elect
+	// the one that probes the backends: a prober that dies without a word
+	// is replaced within it. Default health.DefaultElectionTTL.
+	ProbeElectionTTL time.Duration
 
 	// DataDir holds the embedded etcd when EtcdEndpoints is empty.
 	// Default DefaultDataDir.
@@ -121,6 +126,9 @@ func (c Config) withDefaults() Config {
 	if c.ReplicaTTL == 0 {
 		c.ReplicaTTL = replicas.DefaultTTL
 	}
+	if c.ProbeElectionTTL == 0 {
+		c.ProbeElectionTTL = probes.DefaultElectionTTL
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -171,6 +179,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"--etcd-dial-timeout": c.EtcdDialTimeout, "--etcd-request-timeout": c.EtcdRequestTimeout,
 		"--shutdown-timeout": c.ShutdownTimeout, "health interval": c.HealthInterval, "--replica-ttl": c.ReplicaTTL,
+		"--probe-election-ttl": c.ProbeElectionTTL,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%s %v is negative", name, d)

@@ -40,6 +40,7 @@ import (
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/api"
 	"github.com/halolb/halo/server/embedetcd"
+	probes "github.com/halolb/halo/server/health"
 	"github.com/halolb/halo/server/publisher"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
@@ -169,6 +170,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	prober, err := probes.NewController(probes.ControllerConfig{Store: st, Logger: s.log.With("component", "prober"),
+		Election: &probes.Election{Client: client, Prefix: s.cfg.EtcdPrefix, Name: replica, TTL: s.cfg.ProbeElectionTTL, Logger: s.log.With("component", "prober")}})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
 	peerOpts, err := s.cfg.peerDialOptions()
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -177,6 +183,9 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		Replica: replica, XDSAddress: advertise, PeerDialOptions: peerOpts,
 		Replicas: func(ctx context.Context) ([]replicas.Replica, error) {
 			return replicas.List(ctx, client, s.cfg.EtcdPrefix)
+		},
+		ProbeLeader: func(ctx context.Context) (string, error) {
+			return probes.Leader(ctx, client, s.cfg.EtcdPrefix)
 		}})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -267,6 +276,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	g.Go(func() error { return pub.Run(gctx) })
 	g.Go(func() error { return adsSrv.Run(gctx) })
 	g.Go(func() error { return reg.Run(gctx) })
+	g.Go(func() error { return prober.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")

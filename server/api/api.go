@@ -47,6 +47,9 @@ type Config struct {
 	// XDSAddress is the address Envoy reaches this replica at, the default
 	// of a rendered bootstrap.
 	XDSAddress string
+	// ProbeLeader names the replica that leads the probes ("" for none).
+	// Nil: ListBackends leaves it empty.
+	ProbeLeader func(context.Context) (string, error)
 }
 
 // Services holds the admin services; Register puts them on a gRPC server.
@@ -71,7 +74,7 @@ func New(cfg Config) (*Services, error) {
 		topology: &topologyService{store: cfg.Store, log: cfg.Logger, shutdown: cfg.Shutdown},
 		endpoint: &endpointService{store: cfg.Store, log: cfg.Logger, xdsAddress: cfg.XDSAddress},
 		status: &statusService{ads: cfg.ADS, self: cfg.Replica, replicas: cfg.Replicas, dialOpts: cfg.PeerDialOptions,
-			log: cfg.Logger},
+			log: cfg.Logger, store: cfg.Store, probeLeader: cfg.ProbeLeader},
 	}, nil
 }
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +17,7 @@ import (
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/replicas"
+	"github.com/halolb/halo/server/store"
 	"github.com/halolb/halo/server/topology"
 )
 
@@ -28,6 +31,66 @@ type statusService struct {
 	replicas func(context.Context) ([]replicas.Replica, error)
 	dialOpts []grpc.DialOption
 	log      *slog.Logger
+
+	store       *store.Store
+	probeLeader func(context.Context) (string, error)
+}
+
+// ListBackends lists a cluster's backends (masters' apiservers and etcd
+// members) with the health the prober stored; a backend not probed yet is
+// UNSPECIFIED, and a draining node is DRAINING whatever its probes say.
+func (s *statusService) ListBackends(ctx context.Context, req *halov1.ListBackendsRequest) (*halov1.ListBackendsResponse, error) {
+	const method = "ListBackends"
+	if err := topology.ValidateClusterName("cluster", req.GetCluster()); err != nil {
+		return nil, invalid(s.log, err)
+	}
+	c, nodes, _, err := s.store.Topology(ctx, req.GetCluster())
+	if err != nil {
+		return nil, toStatus(s.log, method, err)
+	}
+	stored, _, err := s.store.BackendStatuses(ctx, req.GetCluster())
+	if err != nil {
+		return nil, toStatus(s.log, method, err)
+	}
+	type key struct {
+		node string
+		kind halov1.BackendKind
+	}
+	byKey := map[key]*halov1.BackendStatus{}
+	for _, st := range stored {
+		byKey[key{st.GetNode(), st.GetKind()}] = st
+	}
+	d := topology.WithDefaults(c)
+	out := &halov1.ListBackendsResponse{}
+	add := func(n *halov1.Node, kind halov1.BackendKind, port uint32) {
+		st := byKey[key{n.GetName(), kind}]
+		if st == nil {
+			st = &halov1.BackendStatus{Cluster: c.GetName(), Node: n.GetName(), Kind: kind}
+		}
+		st.Address = net.JoinHostPort(topology.AccessIP(n), strconv.Itoa(int(port)))
+		if n.GetDraining() {
+			st.State = halov1.BackendState_BACKEND_STATE_DRAINING
+		}
+		out.Backends = append(out.Backends, st)
+	}
+	for _, n := range topology.Masters(nodes) {
+		add(n, halov1.BackendKind_BACKEND_KIND_APISERVER, d.GetApiserver().GetPort())
+	}
+	for _, n := range topology.EtcdMembers(nodes) {
+		add(n, halov1.BackendKind_BACKEND_KIND_ETCD, d.GetEtcd().GetClientPort())
+	}
+	slices.SortFunc(out.Backends, func(a, b *halov1.BackendStatus) int {
+		if a.GetNode() != b.GetNode() {
+			return strings.Compare(a.GetNode(), b.GetNode())
+		}
+		return int(a.GetKind()) - int(b.GetKind())
+	})
+	if s.probeLeader != nil {
+		if out.Prober, err = s.probeLeader(ctx); err != nil {
+			s.log.Warn("cannot tell which replica probes", "error", err)
+		}
+	}
+	return out, nil
 }
 
 func (s *statusService) ListAgents(ctx context.Context, req *halov1.ListAgentsRequest) (*halov1.ListAgentsResponse, error) {

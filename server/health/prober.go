@@ -50,6 +50,8 @@ type Transition struct {
 	Since time.Time
 	// Last is the probe that decided it.
 	Last Result
+	// Target is what was probed.
+	Target Target
 }
 
 // Status is a backend's current state, for ListBackends.
@@ -183,7 +185,7 @@ func (p *Prober) loop(ctx context.Context, pr *probed) {
 		pr.mu.Unlock()
 		if changed {
 			p.log.Info("backend health changed", "cluster", pr.b.Cluster, "node", pr.b.Node, "kind", pr.b.Kind, "state", st.String(), "error", r.Err)
-			p.cfg.OnTransition(Transition{Key: pr.b.Key, State: st, Since: since, Last: r})
+			p.cfg.OnTransition(Transition{Key: pr.b.Key, State: st, Since: since, Last: r, Target: pr.b.Target})
 		}
 		timer.Reset(max(0, s.Interval-time.Since(start)))
 	}
