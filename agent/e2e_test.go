@@ -30,8 +30,10 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/halolb/halo/agent"
+	"github.com/halolb/halo/agent/config"
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/internal/waitfor"
@@ -49,6 +51,7 @@ type apiserver struct {
 	addr     netip.AddrPort
 	srv      *http.Server
 	accepted atomic.Int64 // TLS connections accepted
+	hung     atomic.Bool  // requests are accepted but never answered
 	done     chan struct{}
 }
 
@@ -69,8 +72,25 @@ func startAPIServer(t *testing.T, ca *pki.CA, name string, addr netip.AddrPort) 
 	}
 	a := &apiserver{name: name, addr: netip.MustParseAddrPort(ln.Addr().String()), done: make(chan struct{})}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok") })
-	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, name) })
+	// A hung apiserver (overloaded, or its process stopped after the
+	// kernel accepted): TCP and TLS go through, HTTP never answers.
+	hang := func(r *http.Request) bool {
+		if a.hung.Load() {
+			<-r.Context().Done()
+			return true
+		}
+		return false
+	}
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !hang(r) {
+			io.WriteString(w, "ok")
+		}
+	})
+	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
+		if !hang(r) {
+			io.WriteString(w, name)
+		}
+	})
 	a.srv = &http.Server{
 		Handler:   mux,
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}},
@@ -637,4 +657,74 @@ func TestTLSToServer(t *testing.T) {
 	if addr, ok := a.Proxy().Addr(snapshot.ListenerAPIServerLocal); !ok || addr.Port() != nsp {
 		t.Fatalf("apiserver-local on %v (bound %v), want port %d", addr, ok, nsp)
 	}
+}
+
+// TestHungMasterExcluded: a master whose apiserver hangs (TCP and TLS
+// connect, HTTP never answers) is marked unhealthy by the central prober
+// within interval + fall × timeout; the agent stops sending it new
+// connections and closes the ones it had, so clients re-establish them on
+// a live master at once.
+func TestHungMasterExcluded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	e := newEnv(t)
+	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp),
+		HealthCheck: &halov1.HealthCheck{Interval: durationpb.New(200 * time.Millisecond), Timeout: durationpb.New(150 * time.Millisecond), Rise: 2, Fall: 2}}}
+	if _, err := e.tc.PutCluster(ctxT(t), &halov1.PutClusterRequest{Cluster: c}); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1"})
+	poll(t, "agent ready", func() error { return a.Ready() })
+	healthOf := func(ip int) config.Health {
+		for _, h := range a.Proxy().Cluster(snapshot.ClusterAPIServer).State() {
+			if h.Address.Addr() == masterIP(ip) {
+				return h.Health
+			}
+		}
+		return -1
+	}
+	poll(t, "masters probed healthy", func() error {
+		for i := 1; i <= 3; i++ {
+			if h := healthOf(i); h != config.Healthy {
+				return fmt.Errorf("master-%d: %v", i, h)
+			}
+		}
+		return nil
+	})
+	// A connection on master-2 before it hangs.
+	var onTwo *keptConn
+	for onTwo == nil {
+		k := e.dialKept()
+		if who, err := k.whoami(); err == nil && who == "master-2" {
+			onTwo = k
+		}
+	}
+	start := time.Now()
+	e.masters["master-2"].hung.Store(true)
+	poll(t, "master-2 unhealthy on the agent", func() error {
+		if h := healthOf(2); h != config.Unhealthy {
+			return fmt.Errorf("master-2: %v", h)
+		}
+		return nil
+	})
+	t.Logf("hung master excluded on the agent after %v", time.Since(start))
+	// Its connection was closed by the agent (close_connections_on_host_health_failure).
+	onTwo.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := onTwo.whoami(); err == nil {
+		t.Error("the connection to the hung master is still open")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Error("the connection to the hung master was not closed")
+	}
+	if got := e.spread(30); got["master-2"] != 0 || got["master-1"]+got["master-3"] != 30 {
+		t.Fatalf("with master-2 hung: %v", got)
+	}
+	// It comes back after rise good probes.
+	e.masters["master-2"].hung.Store(false)
+	poll(t, "master-2 healthy again", func() error {
+		if h := healthOf(2); h != config.Healthy {
+			return fmt.Errorf("master-2: %v", h)
+		}
+		return nil
+	})
 }
