@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -128,6 +130,162 @@ func TestProberMarksBackends(t *testing.T) {
 			if !b.GetReadinessUnverified() {
 				t.Error("401 master not flagged readiness unverified")
 			}
+		}
+	}
+}
+
+// uaCounter is a TLS apiserver that counts probes by User-Agent (the
+// prober sends halo-prober/<replica>).
+type uaCounter struct {
+	mu  sync.Mutex
+	got map[string]int
+}
+
+func (u *uaCounter) count(ua string) int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.got[ua]
+}
+
+func (u *uaCounter) agents() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	var out []string
+	for ua := range u.got {
+		out = append(out, ua)
+	}
+	return out
+}
+
+// TestOneReplicaProbesAndFailover: with two replicas on one etcd, only one
+// probes the masters; when it stops, the other takes over.
+func TestOneReplicaProbesAndFailover(t *testing.T) {
+	e := servertest.NewEtcd(t)
+	a := servertest.New(t, servertest.WithEtcd(e), func(c *server.Config) { c.ReplicaName = "replica-a" })
+	ctx := ctxT(t)
+	tc := halov1.NewTopologyServiceClient(a.Conn)
+	u := &uaCounter{got: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.61:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.got[r.UserAgent()]++
+		u.mu.Unlock()
+		fmt.Fprint(w, "ok")
+	}))
+	s.Listener = ln
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	p, _ := strconv.Atoi(port)
+	hc := &halov1.HealthCheck{Interval: durationpb.New(50 * time.Millisecond), Timeout: durationpb.New(40 * time.Millisecond)}
+	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "two",
+		Apiserver: &halov1.ApiServer{Port: uint32(p), HealthCheck: hc}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: &halov1.Node{Cluster: "two", Name: "m1", Ip: "127.0.0.61",
+		Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}}); err != nil {
+		t.Fatal(err)
+	}
+	waitProbes := func(ua string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(20 * time.Second)
+		for u.count(ua) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s probed %d times, want %d; probes by %v", ua, u.count(ua), n, u.agents())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitProbes("halo-prober/replica-a", 5)
+	b := servertest.New(t, servertest.WithEtcd(e), func(c *server.Config) { c.ReplicaName = "replica-b" })
+	// While a leads, b (running, campaigning) never probes.
+	mark := u.count("halo-prober/replica-a")
+	waitProbes("halo-prober/replica-a", mark+10)
+	if n := u.count("halo-prober/replica-b"); n != 0 {
+		t.Fatalf("replica-b probed %d times while replica-a leads", n)
+	}
+	resp, err := halov1.NewStatusServiceClient(b.Conn).ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "two"})
+	if err != nil || resp.GetProber() != "replica-a" {
+		t.Fatalf("ListBackends on b: prober %q, %v", resp.GetProber(), err)
+	}
+	// a stops: b takes over.
+	a.Close()
+	waitProbes("halo-prober/replica-b", 5)
+	stopped := u.count("halo-prober/replica-a")
+	waitProbes("halo-prober/replica-b", u.count("halo-prober/replica-b")+5)
+	if n := u.count("halo-prober/replica-a"); n != stopped {
+		t.Errorf("replica-a probed after it stopped")
+	}
+}
+
+// TestProbeCredentials: with a bearer token file, a master that answers
+// 401 to anonymous probes is verified ready (and not flagged); with a wrong
+// token it is unhealthy (credentials given: only "ok" counts).
+func TestProbeCredentials(t *testing.T) {
+	srv := servertest.New(t)
+	tc := halov1.NewTopologyServiceClient(srv.Conn)
+	sc := halov1.NewStatusServiceClient(srv.Conn)
+	ctx := ctxT(t)
+	ln, err := net.Listen("tcp", "127.0.0.71:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer s3cret" {
+			http.Error(w, "Unauthorized", http.StatusUnauthorized)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	}))
+	s.Listener = ln
+	s.StartTLS()
+	t.Cleanup(s.Close)
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	p, _ := strconv.Atoi(port)
+	dir := t.TempDir()
+	good, bad := dir+"/good", dir+"/bad"
+	if err := os.WriteFile(good, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bad, []byte("wrong"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: &halov1.Node{Cluster: "creds", Name: "m1", Ip: "127.0.0.71",
+		Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}}); err == nil {
+		t.Fatal("node of a missing cluster stored")
+	}
+	for _, tc2 := range []struct {
+		token string
+		want  halov1.BackendState
+	}{{good, halov1.BackendState_BACKEND_STATE_HEALTHY}, {bad, halov1.BackendState_BACKEND_STATE_UNHEALTHY}} {
+		hc := &halov1.HealthCheck{Interval: durationpb.New(50 * time.Millisecond), Timeout: durationpb.New(40 * time.Millisecond), BearerTokenFile: tc2.token}
+		if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "creds",
+			Apiserver: &halov1.ApiServer{Port: uint32(p), HealthCheck: hc}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: &halov1.Node{Cluster: "creds", Name: "m1", Ip: "127.0.0.71",
+			Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			resp, err := sc.ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "creds"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b := resp.GetBackends(); len(b) == 1 && b[0].GetState() == tc2.want {
+				if b[0].GetReadinessUnverified() {
+					t.Errorf("token %s: flagged unverified though the probe has credentials", tc2.token)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("token %s: backends %v, want %v", tc2.token, resp.GetBackends(), tc2.want)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	}
 }

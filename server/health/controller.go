@@ -148,7 +148,8 @@ func (c *Controller) backends(all map[string]*store.ClusterTopology, clients *cl
 			for _, n := range nodes {
 				k := Key{Cluster: d.GetName(), Node: n.GetName(), Kind: kind}
 				b := Backend{Key: k, Client: client, Settings: s,
-					Target: Target{Kind: kind, URL: "https://" + net.JoinHostPort(topology.AccessIP(n), strconv.Itoa(int(port))) + hc.GetPath(), Token: token, Credentials: creds}}
+					Target: Target{Kind: kind, URL: "https://" + net.JoinHostPort(topology.AccessIP(n), strconv.Itoa(int(port))) + hc.GetPath(),
+						Token: token, Credentials: creds, UserAgent: "halo-prober/" + c.cfg.Election.Name}}
 				if st := stored[k]; st != nil {
 					b.Initial, b.Since = stateOf(st.GetState()), st.GetSince().AsTime()
 				}

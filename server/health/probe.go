@@ -35,6 +35,8 @@ type Target struct {
 	URL string
 	// Token is a bearer token sent with the probe ("" for none).
 	Token string
+	// UserAgent names the prober in the backend's logs (the replica).
+	UserAgent string
 	// Credentials tells whether the probe authenticates (a client
 	// certificate in the client's TLS configuration, or Token). Without
 	// credentials a 401 or 403 answered in time counts as alive but
@@ -76,6 +78,9 @@ func probe(ctx context.Context, client *http.Client, t Target) Result {
 	}
 	if t.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+t.Token)
+	}
+	if t.UserAgent != "" {
+		req.Header.Set("User-Agent", t.UserAgent)
 	}
 	resp, err := client.Do(req)
 	if err != nil {
