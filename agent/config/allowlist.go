@@ -35,8 +35,14 @@ var allowlist = map[protoreflect.FullName][]protoreflect.Name{
 		"name", "type", "eds_cluster_config", "connect_timeout", "lb_policy",
 		"load_assignment", "circuit_breakers", "outlier_detection",
 		"common_lb_config", "upstream_connection_options",
-		"close_connections_on_host_health_failure",
+		"close_connections_on_host_health_failure", "metadata",
 	},
+	// Metadata is opaque data to a proxy; halo-agent reads its
+	// "halo.rebalance" entry (rebalancing settings, which Envoy ignores).
+	"envoy.config.core.v3.Metadata":                    {"filter_metadata"},
+	"google.protobuf.Struct":                           {"fields"},
+	"google.protobuf.Value":                            {"null_value", "number_value", "string_value", "bool_value", "struct_value", "list_value"},
+	"google.protobuf.ListValue":                        {"values"},
 	"envoy.config.cluster.v3.Cluster.EdsClusterConfig": {"eds_config", "service_name"},
 	"envoy.config.core.v3.ConfigSource":                {"ads", "resource_api_version"},
 	"envoy.config.core.v3.AggregatedConfigSource":      {},

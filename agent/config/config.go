@@ -122,6 +122,21 @@ type Cluster struct {
 	// MaxConnections is the circuit breaker on open connections to the
 	// cluster (Envoy's default 1024).
 	MaxConnections int
+	// Rebalance moves long-lived connections back onto an endpoint that
+	// returned or joined (halo's extension, from the cluster's
+	// "halo.rebalance" filter metadata); nil: off.
+	Rebalance *Rebalance
+}
+
+// Rebalance is bounded rebalancing of long-lived connections.
+type Rebalance struct {
+	// MaxFraction is the largest share of the cluster's connections
+	// closed per Interval (0 < f <= 1).
+	MaxFraction float64
+	// MinAge: only connections older than this move.
+	MinAge time.Duration
+	// Interval is the time between two rounds.
+	Interval time.Duration
 }
 
 // Outlier is Envoy's outlier detection as it applies to a TCP proxy:

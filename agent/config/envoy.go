@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -320,6 +321,13 @@ func ClusterFromEnvoy(c *clusterv3.Cluster) (*Cluster, error) {
 		return nil, t.errorf("name", "must be set")
 	}
 	out := &Cluster{Name: c.GetName()}
+	if st := c.GetMetadata().GetFilterMetadata()[RebalanceMetadataKey]; st != nil {
+		r, err := rebalanceFrom(st)
+		if err != nil {
+			return nil, t.errorf("metadata.filter_metadata["+RebalanceMetadataKey+"]", "%v", err)
+		}
+		out.Rebalance = r
+	}
 	switch c.GetType() {
 	case clusterv3.Cluster_STATIC:
 		if c.GetEdsClusterConfig() != nil {
@@ -640,4 +648,44 @@ func uint32Or(w *wrapperspb.UInt32Value, def uint32) uint32 {
 		return def
 	}
 	return w.GetValue()
+}
+
+// RebalanceMetadataKey is the cluster filter_metadata entry that carries
+// halo's rebalancing settings (halo-server's snapshot package writes it).
+const RebalanceMetadataKey = "halo.rebalance"
+
+// rebalanceFrom reads rebalancing settings from cluster metadata.
+func rebalanceFrom(st *structpb.Struct) (*Rebalance, error) {
+	num := func(name string) (float64, error) {
+		v, ok := st.GetFields()[name]
+		if !ok {
+			return 0, fmt.Errorf("%s is missing", name)
+		}
+		n, ok := v.GetKind().(*structpb.Value_NumberValue)
+		if !ok {
+			return 0, fmt.Errorf("%s must be a number", name)
+		}
+		return n.NumberValue, nil
+	}
+	f, err := num("max_fraction")
+	if err != nil {
+		return nil, err
+	}
+	age, err := num("min_age_seconds")
+	if err != nil {
+		return nil, err
+	}
+	iv, err := num("interval_seconds")
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case !(f > 0 && f <= 1):
+		return nil, fmt.Errorf("max_fraction %v must be in (0, 1]", f)
+	case !(age >= 0 && age <= 86400):
+		return nil, fmt.Errorf("min_age_seconds %v must be in [0, 86400]", age)
+	case !(iv > 0 && iv <= 86400):
+		return nil, fmt.Errorf("interval_seconds %v must be in (0, 86400]", iv)
+	}
+	return &Rebalance{MaxFraction: f, MinAge: time.Duration(age * float64(time.Second)), Interval: time.Duration(iv * float64(time.Second))}, nil
 }

@@ -173,6 +173,13 @@ func wantCluster(c *clusterv3.Cluster) *config.Cluster {
 	}[c.GetLbPolicy()]
 	od := c.GetOutlierDetection()
 	ka := c.GetUpstreamConnectionOptions().GetTcpKeepalive()
+	var rb *config.Rebalance
+	if st := c.GetMetadata().GetFilterMetadata()[config.RebalanceMetadataKey]; st != nil {
+		f := st.GetFields()
+		rb = &config.Rebalance{MaxFraction: f["max_fraction"].GetNumberValue(),
+			MinAge:   time.Duration(f["min_age_seconds"].GetNumberValue()) * time.Second,
+			Interval: time.Duration(f["interval_seconds"].GetNumberValue()) * time.Second}
+	}
 	return &config.Cluster{
 		Name:           c.GetName(),
 		EDS:            true,
@@ -195,6 +202,7 @@ func wantCluster(c *clusterv3.Cluster) *config.Cluster {
 		},
 		CloseOnHealthFailure: c.GetCloseConnectionsOnHostHealthFailure(),
 		MaxConnections:       int(c.GetCircuitBreakers().GetThresholds()[0].GetMaxConnections().GetValue()),
+		Rebalance:            rb,
 	}
 }
 
@@ -249,5 +257,27 @@ func TestHaloSettings(t *testing.T) {
 	}
 	if l := v.(*config.Listener); l.MaxConnectAttempts != snapshot.MaxConnectAttempts || l.IdleTimeout != 3*time.Hour || l.Freebind {
 		t.Errorf("listener %+v", l)
+	}
+}
+
+// TestRebalanceFromHalo: a cluster's rebalance settings reach the agent
+// through the cluster's metadata, as halo-server writes them.
+func TestRebalanceFromHalo(t *testing.T) {
+	res := snapshot.Build(snapshot.Input{Cluster: fixtures()["local, rebalance"], Nodes: nodes()})
+	s := res.Snapshots["prod/apiserver-local"]
+	if s == nil {
+		t.Fatal("no worker snapshot")
+	}
+	_, v, err := config.Decode(s.Get(resource.ClusterType, snapshot.ClusterAPIServer).Any)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := v.(*config.Cluster).Rebalance
+	want := &config.Rebalance{MaxFraction: 0.25, MinAge: 30 * time.Second, Interval: 5 * time.Second}
+	if got == nil || *got != *want {
+		t.Fatalf("rebalance %+v, want %+v", got, want)
+	}
+	if snapshot.RebalanceMetadataKey != config.RebalanceMetadataKey {
+		t.Error("the server and the agent name the metadata differently")
 	}
 }

@@ -402,8 +402,12 @@ func TestClusterRejections(t *testing.T) {
 		{rejection{"buffer limit", "per_connection_buffer_limit_bytes", unsupported}, func(c *clusterv3.Cluster) {
 			c.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1)
 		}},
-		{rejection{"metadata", "metadata", unsupported}, func(c *clusterv3.Cluster) {
-			c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"a": {}}}
+		{rejection{"typed metadata", "metadata.typed_filter_metadata", unsupported}, func(c *clusterv3.Cluster) {
+			c.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"a": {}}}
+		}},
+		{rejection{"bad rebalance", "metadata.filter_metadata[halo.rebalance]", "max_fraction"}, func(c *clusterv3.Cluster) {
+			c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"halo.rebalance": {Fields: map[string]*structpb.Value{
+				"max_fraction": structpb.NewNumberValue(2), "min_age_seconds": structpb.NewNumberValue(60), "interval_seconds": structpb.NewNumberValue(10)}}}}
 		}},
 		{rejection{"alt stat name", "alt_stat_name", unsupported}, func(c *clusterv3.Cluster) { c.AltStatName = "x" }},
 		{rejection{"ignore health on removal", "ignore_health_on_host_removal", unsupported}, func(c *clusterv3.Cluster) { c.IgnoreHealthOnHostRemoval = true }},

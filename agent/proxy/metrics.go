@@ -16,6 +16,7 @@ type metrics struct {
 	connectFailures *prometheus.CounterVec
 	ejections       *prometheus.CounterVec
 	closedUnhealthy *prometheus.CounterVec
+	rebalanced      *prometheus.CounterVec
 	bound           *prometheus.GaugeVec
 	bindErrors      *prometheus.CounterVec
 
@@ -55,6 +56,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Backends ejected locally after consecutive connect failures."}, []string{"cluster", "backend"}),
 		closedUnhealthy: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "halo_agent_connections_closed_unhealthy_total",
 			Help: "Connections closed because EDS turned their backend unhealthy."}, []string{"cluster", "backend"}),
+		rebalanced: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "halo_agent_rebalanced_connections_total",
+			Help: "Long-lived connections closed by rebalancing so that they spread evenly again."}, []string{"cluster"}),
 		bound: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "halo_agent_listener_bound",
 			Help: "1 when the listener's socket is bound, 0 while binding is retried."}, []string{"listener", "address"}),
 		bindErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "halo_agent_listener_bind_errors_total",
@@ -62,7 +65,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		conns: map[connKey]*connMetrics{},
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.active, m.total, m.bytes, m.failed, m.connectFailures, m.ejections, m.closedUnhealthy, m.bound, m.bindErrors} {
+		for _, c := range []prometheus.Collector{m.active, m.total, m.bytes, m.failed, m.connectFailures, m.ejections, m.closedUnhealthy, m.rebalanced, m.bound, m.bindErrors} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

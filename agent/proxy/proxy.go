@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sort"
@@ -126,6 +127,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for _, l := range p.listeners {
 		p.startLocked(l)
 	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.rebalanceLoop(ctx)
+	}()
 	p.mu.Unlock()
 	<-ctx.Done()
 	p.mu.Lock()
@@ -436,4 +442,44 @@ func (s *setup) Connected(_ relay.Target, pair *relay.Pair) relay.Options {
 // binds an address the host does not have yet.
 func freebind(network, _ string, rc syscall.RawConn) error {
 	return setFreebind(network, rc)
+}
+
+// rebalanceLoop runs the clusters' rebalancing rounds (halo's extension,
+// off unless a cluster's metadata turns it on): every round, a cluster
+// closes a bounded share of its long-lived connections on the endpoints
+// above the even share, each at a random moment within half the interval,
+// so that their clients reconnect, and least-request sends them to the
+// endpoint that returned or joined.
+func (p *Proxy) rebalanceLoop(ctx context.Context) {
+	due := map[string]time.Time{}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			for name, cl := range *p.clusters.Load() {
+				cc := cl.Config()
+				r := cc.Rebalance
+				if r == nil {
+					delete(due, name)
+					continue
+				}
+				if at, ok := due[name]; ok && now.Before(at) {
+					continue
+				}
+				due[name] = now.Add(r.Interval)
+				victims := cl.Rebalance(r.MinAge, r.MaxFraction)
+				if len(victims) == 0 {
+					continue
+				}
+				p.metrics.rebalanced.WithLabelValues(name).Add(float64(len(victims)))
+				p.log.Info("rebalancing: closing long-lived connections above the even share", "cluster", name, "connections", len(victims))
+				for _, v := range victims {
+					time.AfterFunc(time.Duration(rand.Int64N(int64(r.Interval/2)+1)), v.Close)
+				}
+			}
+		}
+	}
 }

@@ -507,3 +507,53 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels ...
 	}
 	return 0
 }
+
+// TestRebalanceAfterAJoin: connections that piled onto one backend move
+// (are closed, to be reopened by their clients) once another joins, down
+// to the even share.
+func TestRebalanceAfterAJoin(t *testing.T) {
+	h := newHarness(t)
+	b1, b2 := newBackend(t, "b1"), newBackend(t, "b2")
+	rb := func(c *config.Cluster) {
+		c.LbPolicy = config.LeastRequest // what places the reconnections
+		c.Rebalance = &config.Rebalance{MaxFraction: 1, MinAge: 0, Interval: 200 * time.Millisecond}
+	}
+	h.apply(set(h.addr, "c", eps(b1.addr), rb))
+	h.waitReady()
+	var clients []*client
+	for range 10 {
+		c := h.dial()
+		if _, err := c.ask("x"); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, c)
+	}
+	h.apply(set(h.addr, "c", eps(b1.addr, b2.addr), rb))
+	// Clients whose connection is closed reconnect, as kubelet's watches
+	// do; least-request sends them to b2.
+	poll(t, "connections rebalanced", func() error {
+		for i, c := range clients {
+			c.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if _, err := c.br.Peek(1); err != nil {
+				var ne net.Error
+				if !errors.As(err, &ne) || !ne.Timeout() {
+					clients[i] = h.dial()
+					if _, err := clients[i].ask("x"); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		var active []int
+		for _, st := range h.p.Cluster("c").State() {
+			active = append(active, st.Active)
+		}
+		if len(active) != 2 || active[0] != 5 || active[1] != 5 {
+			return fmt.Errorf("connections per backend %v, want [5 5]", active)
+		}
+		return nil
+	})
+	if v := metricValue(t, h.reg, "halo_agent_rebalanced_connections_total", "cluster=c"); v != 5 {
+		t.Errorf("rebalanced_connections_total = %v", v)
+	}
+}

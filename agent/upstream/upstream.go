@@ -34,7 +34,8 @@ type Host struct {
 	ejections    int // how many times ejected (multiplies the ejection time)
 	ejectedUntil time.Time
 	lastEjection time.Time
-	conns        map[Conn]struct{}
+	conns        map[Conn]time.Time // open connections and when they opened
+	closing      map[Conn]struct{}  // picked by Rebalance, not ended yet
 }
 
 // Cluster is one cluster's endpoints and balancing state. It is safe for
@@ -255,9 +256,9 @@ func (c *Cluster) Connected(h *Host, conn Conn) (release func()) {
 	h.active++
 	c.active++
 	if h.conns == nil {
-		h.conns = map[Conn]struct{}{}
+		h.conns = map[Conn]time.Time{}
 	}
-	h.conns[conn] = struct{}{}
+	h.conns[conn] = c.now()
 	c.mu.Unlock()
 	return func() { c.release(h, conn) }
 }
@@ -269,6 +270,7 @@ func (c *Cluster) release(h *Host, conn Conn) {
 		return
 	}
 	delete(h.conns, conn)
+	delete(h.closing, conn)
 	h.active--
 	c.active--
 	if h.removed && h.active == 0 {
@@ -328,4 +330,62 @@ func (c *Cluster) Config() config.Cluster {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.cfg
+}
+
+// Rebalance picks the connections to close so that long-lived connections
+// spread evenly again after a backend returned or joined: over the usable
+// endpoints (healthy, or degraded when none is, and not ejected) it counts
+// the connections older than minAge, and takes from each endpoint above
+// the even share (rounded up, so the spread ends within one connection of
+// even) at most maxFraction of them in all (at least one), never taking an
+// endpoint below the share. It returns nothing once no endpoint is above
+// it. The caller closes them; their clients reconnect and least-request
+// places them. A connection returned is closing from then on: it is not
+// picked again, and it still counts towards the share (its client will be
+// back), until it ends.
+func (c *Cluster) Rebalance(minAge time.Duration, maxFraction float64) []Conn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	tier := config.Healthy
+	var usable []*Host
+	for pass := 0; pass < 2 && len(usable) == 0; pass++ {
+		for _, h := range c.hosts {
+			if h.health == tier && !now.Before(h.ejectedUntil) {
+				usable = append(usable, h)
+			}
+		}
+		tier = config.Degraded
+	}
+	if len(usable) < 2 {
+		return nil
+	}
+	staying := make([][]Conn, len(usable)) // old connections not closing
+	total := 0
+	for i, h := range usable {
+		for conn, at := range h.conns {
+			if now.Sub(at) < minAge {
+				continue
+			}
+			total++
+			if _, going := h.closing[conn]; !going {
+				staying[i] = append(staying[i], conn)
+			}
+		}
+	}
+	share := (total + len(usable) - 1) / len(usable)
+	budget := max(1, int(maxFraction*float64(total)))
+	var out []Conn
+	for i, h := range usable {
+		for len(staying[i]) > share && len(out) < budget {
+			conn := staying[i][len(staying[i])-1]
+			staying[i] = staying[i][:len(staying[i])-1]
+			if h.closing == nil {
+				h.closing = map[Conn]struct{}{}
+			}
+			h.closing[conn] = struct{}{}
+			out = append(out, conn)
+		}
+	}
+	return out
 }

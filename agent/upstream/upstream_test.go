@@ -289,3 +289,50 @@ func TestRemovedHostFinishesButGetsNothingNew(t *testing.T) {
 	rel[0]()
 	rel[1]()
 }
+
+func TestRebalance(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := newCluster(t, cluster(config.RoundRobin), endpoints(config.Healthy, config.Healthy))
+	c.SetClock(func() time.Time { return now })
+	// master 2 is away: all 20 connections pile onto master 1.
+	c.Update(cluster(config.RoundRobin), endpoints(config.Healthy, config.Unhealthy))
+	for range 20 {
+		c.Connected(c.Pick(nil), &conn{})
+	}
+	c.Update(cluster(config.RoundRobin), endpoints(config.Healthy, config.Healthy))
+	if got := c.Rebalance(time.Minute, 0.1); len(got) != 0 {
+		t.Fatalf("connections younger than min_age moved: %d", len(got))
+	}
+	now = now.Add(2 * time.Minute)
+	got := c.Rebalance(time.Minute, 0.1)
+	if len(got) != 2 { // 10% of 20
+		t.Fatalf("first round moves %d, want 2 (max_fraction 0.1 of 20)", len(got))
+	}
+	// Without a bound: down to the even share (10 each), never below; the
+	// 2 already closing count as moved.
+	got = c.Rebalance(time.Minute, 1)
+	if len(got) != 8 {
+		t.Fatalf("unbounded round moves %d, want 8", len(got))
+	}
+	if got := c.Rebalance(time.Minute, 1); len(got) != 0 {
+		t.Fatalf("closing connections picked again: %d", len(got))
+	}
+}
+
+func TestRebalanceStopsWhenEven(t *testing.T) {
+	now := time.Unix(1000, 0)
+	c := newCluster(t, cluster(config.LeastRequest), endpoints(config.Healthy, config.Healthy, config.Healthy))
+	c.SetClock(func() time.Time { return now })
+	for range 7 {
+		c.Connected(c.Pick(nil), &conn{})
+	}
+	now = now.Add(time.Hour)
+	if got := c.Rebalance(time.Minute, 1); len(got) != 0 {
+		t.Fatalf("3/2/2 is within one of even, yet %d moved", len(got))
+	}
+	// A single usable endpoint: nothing to rebalance to.
+	c.Update(cluster(config.LeastRequest), endpoints(config.Healthy, config.Unhealthy, config.Unhealthy))
+	if got := c.Rebalance(time.Minute, 1); len(got) != 0 {
+		t.Fatalf("rebalanced onto unhealthy endpoints: %d", len(got))
+	}
+}

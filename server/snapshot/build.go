@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
@@ -284,7 +285,7 @@ func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
 	case halov1.LbPolicy_LB_POLICY_RANDOM:
 		policy = clusterv3.Cluster_RANDOM
 	}
-	return &clusterv3.Cluster{
+	c := &clusterv3.Cluster{
 		Name:                 name,
 		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
 		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
@@ -326,6 +327,25 @@ func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
 		}},
 		CloseConnectionsOnHostHealthFailure: true,
 	}
+	if r := a.GetRebalance(); r.GetEnabled() {
+		c.Metadata = rebalanceMetadata(r)
+	}
+	return c
+}
+
+// RebalanceMetadataKey is the filter_metadata key under which a cluster
+// carries halo's rebalancing settings: halo-agent acts on them, Envoy
+// ignores them (it has no rebalancing).
+const RebalanceMetadataKey = "halo.rebalance"
+
+// rebalanceMetadata encodes rebalancing settings as cluster metadata.
+func rebalanceMetadata(r *halov1.Rebalance) *corev3.Metadata {
+	st := &structpb.Struct{Fields: map[string]*structpb.Value{
+		"max_fraction":     structpb.NewNumberValue(r.GetMaxFraction()),
+		"min_age_seconds":  structpb.NewNumberValue(r.GetMinAge().AsDuration().Seconds()),
+		"interval_seconds": structpb.NewNumberValue(r.GetInterval().AsDuration().Seconds()),
+	}}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{RebalanceMetadataKey: st}}
 }
 
 // loadAssignment lists backends at aip:port, in ordinal order, with their

@@ -56,6 +56,8 @@ func Clusters() map[string]*halov1.Cluster {
 			Etcd: &halov1.Etcd{LocalLb: true, ClientPort: 4001}},
 		"least request, no idle timeout": {Name: "prod", Apiserver: &halov1.ApiServer{
 			LbPolicy: halov1.LbPolicy_LB_POLICY_LEAST_REQUEST, IdleTimeout: durationpb.New(0)}},
+		"local, rebalance": {Name: "prod", Apiserver: &halov1.ApiServer{Rebalance: &halov1.Rebalance{Enabled: true, MaxFraction: 0.25,
+			MinAge: durationpb.New(30 * time.Second), Interval: durationpb.New(5 * time.Second)}}},
 		"neither": {Name: "prod", Apiserver: &halov1.ApiServer{LocalhostLb: proto.Bool(false)}},
 	}
 }
