@@ -80,6 +80,7 @@ type Prober struct {
 
 	mu      sync.Mutex
 	ctx     context.Context // Run's, nil before
+	stopped bool            // Run is stopping: start nothing more
 	running map[Key]*probed
 	wg      sync.WaitGroup
 }
@@ -142,6 +143,7 @@ func (p *Prober) Run(ctx context.Context) error {
 	p.mu.Unlock()
 	<-ctx.Done()
 	p.mu.Lock()
+	p.stopped = true
 	for _, pr := range p.running {
 		if pr.cancel != nil {
 			pr.cancel()
@@ -153,6 +155,9 @@ func (p *Prober) Run(ctx context.Context) error {
 }
 
 func (p *Prober) startLocked(pr *probed) {
+	if p.stopped {
+		return // a Set racing with the end of Run: wg.Wait may be under way
+	}
 	ctx, cancel := context.WithCancel(p.ctx)
 	pr.cancel = cancel
 	p.wg.Add(1)

@@ -2,6 +2,7 @@ package health_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -131,5 +132,33 @@ func TestProberFollowsBackends(t *testing.T) {
 	}
 	if got := len(p.Statuses()); got != 2 {
 		t.Errorf("%d statuses after removing one", got)
+	}
+}
+
+// TestProberSetWhileStopping: a Set racing with the end of Run starts
+// nothing (under -race, a WaitGroup Add during Wait would be reported).
+func TestProberSetWhileStopping(t *testing.T) {
+	up := newSwitchable(t)
+	client := insecure()
+	b := health.Backend{Key: health.Key{Cluster: "c", Node: "n"}, Target: health.Target{URL: up.URL + "/readyz"}, Client: client,
+		Settings: health.Settings{Interval: time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}}
+	for i := range 20 {
+		p := health.NewProber(health.Config{})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- p.Run(ctx) }()
+		stop := make(chan struct{})
+		go func() {
+			defer close(stop)
+			for j := range 50 {
+				b.Node = fmt.Sprintf("n%d-%d", i, j)
+				p.Set([]health.Backend{b})
+			}
+		}()
+		cancel()
+		<-stop
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
 	}
 }
