@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/server"
+	"github.com/halolb/halo/server/ads/adstest"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -201,11 +204,33 @@ func TestOneReplicaProbesAndFailover(t *testing.T) {
 	}
 	waitProbes("halo-prober/replica-a", 5)
 	b := servertest.New(t, servertest.WithEtcd(e), func(c *server.Config) { c.ReplicaName = "replica-b" })
+	// 50 agents (workers) on both replicas: probe traffic does not grow
+	// with them; agents never probe, only the leading replica does.
+	conns := map[bool]*grpc.ClientConn{}
+	for odd, addr := range map[bool]string{false: a.Addr, true: b.Addr} {
+		cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cc.Close() })
+		conns[odd] = cc
+	}
+	for i := range 50 {
+		name := fmt.Sprintf("w%d", i)
+		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: &halov1.Node{Cluster: "two", Name: name, Ip: fmt.Sprintf("10.1.%d.%d", i/200, i%200+1),
+			Roles: []halov1.Role{halov1.Role_ROLE_WORKER}}}); err != nil {
+			t.Fatal(err)
+		}
+		agent(t, conns[i%2 == 1], &adstest.Client{Node: nodeID("two", name), Delta: true})
+	}
 	// While a leads, b (running, campaigning) never probes.
 	mark := u.count("halo-prober/replica-a")
 	waitProbes("halo-prober/replica-a", mark+10)
 	if n := u.count("halo-prober/replica-b"); n != 0 {
 		t.Fatalf("replica-b probed %d times while replica-a leads", n)
+	}
+	if agents := u.agents(); len(agents) != 1 {
+		t.Fatalf("the master was probed by %v, want only halo-prober/replica-a", agents)
 	}
 	resp, err := halov1.NewStatusServiceClient(b.Conn).ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "two"})
 	if err != nil || resp.GetProber() != "replica-a" {
