@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server/health"
 	"github.com/halolb/halo/server/servertest"
 )
@@ -51,13 +52,7 @@ func (r *replica) stop(t *testing.T) {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within 20s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitfor.True(t, 20*time.Second, what, cond)
 }
 
 func TestElectionOneLeaderAndFailover(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server/health"
 )
 
@@ -62,17 +63,12 @@ func (r *transitions) last(node string) (health.State, bool) {
 
 func waitState(t *testing.T, r *transitions, node string, want health.State) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if st, ok := r.last(node); ok && st == want {
-			return
+	waitfor.Nil(t, 10*time.Second, node+" "+want.String(), func() error {
+		if st, ok := r.last(node); !ok || st != want {
+			return fmt.Errorf("state %v", st)
 		}
-		if time.Now().After(deadline) {
-			st, _ := r.last(node)
-			t.Fatalf("%s: state %v, want %v", node, st, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestProberFollowsBackends(t *testing.T) {
