@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/halolb/halo/bench/internal/proxyproc"
 )
 
 // The backends are three "apiservers" on 127.0.0.1, in a child process of
@@ -39,7 +41,7 @@ const (
 // "ports P1,P2,P3" and serves until its standard input closes (the parent
 // exited or stopped it).
 func runBackendChild(dir string) error {
-	if _, err := raiseNoFile(); err != nil {
+	if _, err := proxyproc.RaiseNoFile(); err != nil {
 		return err
 	}
 	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "backend.crt"), filepath.Join(dir, "backend.key"))

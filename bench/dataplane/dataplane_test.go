@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/halolb/halo/bench/internal/proxyproc"
 )
 
 func TestParseStat(t *testing.T) {
@@ -180,14 +182,14 @@ func TestConfigs(t *testing.T) {
 	if h := haproxyConfig("127.0.0.1:6443", be, 9500, 20000, true); !strings.Contains(h, "server master1 127.0.0.1:1 check check-ssl verify none inter 10000") {
 		t.Errorf("haproxy config with checks:\n%s", h)
 	}
-	n := nginxConfig("127.0.0.1:6443", be, 9500, 20000, "/tmp/x")
+	n := proxyproc.NginxConfig(proxyproc.NginxOptions{Listen: "127.0.0.1:6443", Backends: be, MaxConns: 9500, NoFile: 20000, Prefix: "/tmp/x"})
 	for _, want := range []string{"worker_processes 2;", "worker_rlimit_nofile 20000;", "worker_connections 19200;", "least_conn;",
 		"proxy_timeout 10m;", "proxy_connect_timeout 1s;", "listen        127.0.0.1:6443;", "server 127.0.0.1:2;", "pid /tmp/x/nginx.pid;"} {
 		if !strings.Contains(n, want) {
 			t.Errorf("nginx config lacks %q:\n%s", want, n)
 		}
 	}
-	if n := nginxConfig("127.0.0.1:6443", be, 1000, 20000, "/tmp/x"); !strings.Contains(n, "worker_connections 16384;") {
+	if n := proxyproc.NginxConfig(proxyproc.NginxOptions{Listen: "127.0.0.1:6443", Backends: be, MaxConns: 1000, NoFile: 20000, Prefix: "/tmp/x"}); !strings.Contains(n, "worker_connections 16384;") {
 		t.Errorf("nginx keeps Kubespray's 16384 when it is enough:\n%s", n)
 	}
 }

@@ -72,6 +72,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/halolb/halo/bench/internal/proxyproc"
 	"github.com/halolb/halo/internal/pki"
 )
 
@@ -152,7 +153,7 @@ func (r results) add(col string, m map[string]float64) {
 }
 
 func run(ctx context.Context, o options, out io.Writer) error {
-	hard, err := raiseNoFile()
+	hard, err := proxyproc.RaiseNoFile()
 	if err != nil {
 		return err
 	}
@@ -196,7 +197,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 
 	env := &proxyEnv{dir: dir, maxConns: o.idleMax, noFile: hard, haproxyChk: o.haproxyChecks, unavailable: map[string]string{}}
 	if slices.Contains(cols, haproxy) || slices.Contains(cols, nginx) {
-		for k, v := range ensureTools(o.skipMissing) {
+		for k, v := range proxyproc.EnsureInstalled(o.skipMissing) {
 			env.unavailable[k] = v
 		}
 	}
@@ -204,7 +205,7 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		env.agentBin = o.agentBin
 		if env.agentBin == "" {
 			fmt.Fprintln(os.Stderr, "building halo-agent")
-			if env.agentBin, err = buildAgent(dir); err != nil {
+			if env.agentBin, err = proxyproc.Build(dir, "./agent/cmd/halo-agent"); err != nil {
 				env.unavailable[agent] = err.Error()
 			}
 		}
@@ -527,13 +528,13 @@ func machineInfo(env *proxyEnv) string {
 	}
 	parts := []string{fmt.Sprintf("%s × %d CPUs", model, numCPU()), "Linux " + kernel, runtime.Version()}
 	if env.unavailable[haproxy] == "" {
-		parts = append(parts, versionOf("haproxy", "-v"))
+		parts = append(parts, proxyproc.Version("haproxy", "-v"))
 	}
 	if env.unavailable[nginx] == "" {
-		parts = append(parts, versionOf("nginx", "-v"))
+		parts = append(parts, proxyproc.Version("nginx", "-v"))
 	}
 	if env.unavailable[agent] == "" && env.agentBin != "" {
-		rev := strings.TrimSpace(versionOf("git", "rev-parse", "--short", "HEAD"))
+		rev := strings.TrimSpace(proxyproc.Version("git", "rev-parse", "--short", "HEAD"))
 		if out, err := exec.Command("git", "status", "--porcelain", "agent", "internal").Output(); err == nil && len(out) > 0 {
 			rev += " + uncommitted changes"
 		}

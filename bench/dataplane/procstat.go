@@ -214,22 +214,6 @@ func numCPU() int {
 	return max(n, 1)
 }
 
-// raiseNoFile raises this process's soft open-files limit to the hard one
-// (never the hard one itself) and returns the hard limit.
-func raiseNoFile() (uint64, error) {
-	var rl syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-		return 0, fmt.Errorf("getrlimit: %w", err)
-	}
-	if rl.Cur < rl.Max {
-		rl.Cur = rl.Max
-		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
-			return 0, fmt.Errorf("setrlimit: %w", err)
-		}
-	}
-	return rl.Max, nil
-}
-
 // parseCPUBusy returns the busy time (user, nice, system, irq, softirq,
 // steal) of the "cpu" line of /proc/stat, all CPUs together.
 func parseCPUBusy(b []byte) (time.Duration, error) {
