@@ -76,6 +76,7 @@ bench: ## run the Go benchmarks and the scenario benchmarks under bench/
 	go run ./bench/propagation -n 100,1000,10000 -writes 5
 	go run ./bench/topology -nodes 10000
 	go run ./bench/dataplane
+	go run ./bench/failover
 
 smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
 	./.ci/smoke

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -9,10 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/halolb/halo/bench/internal/proxyproc"
@@ -131,8 +128,7 @@ func serveBackendConn(c net.Conn, cfg *tls.Config, bulk []byte) {
 
 // backends is the running child process.
 type backends struct {
-	cmd   *exec.Cmd
-	stdin io.Closer
+	*proxyproc.Child
 	addrs []string // 127.0.0.1:port
 }
 
@@ -143,69 +139,29 @@ func startBackends(dir string, cpus []int) (*backends, error) {
 	if err != nil {
 		return nil, fmt.Errorf("backends: %w", err)
 	}
-	cmd := exec.Command(exe)
+	argv, env := []string{exe}, []string{childEnv + "=" + dir}
 	if cpus != nil {
-		cmd = exec.Command("taskset", "-c", cpuList(cpus), exe)
+		argv = append([]string{"taskset", "-c", cpuList(cpus)}, argv...)
+		env = append(env, fmt.Sprintf("GOMAXPROCS=%d", len(cpus)))
 	}
-	cmd.Env = append(os.Environ(), childEnv+"="+dir)
-	if cpus != nil {
-		cmd.Env = append(cmd.Env, fmt.Sprintf("GOMAXPROCS=%d", len(cpus)))
-	}
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
+	c, line, err := proxyproc.StartChild("backends", argv, env, 10*time.Second)
 	if err != nil {
-		return nil, fmt.Errorf("backends: %w", err)
+		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, fmt.Errorf("backends: %w", err)
+	ports, ok := strings.CutPrefix(line, "ports ")
+	if !ok {
+		c.Stop()
+		return nil, fmt.Errorf("backends: unexpected first line %q", line)
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("backends: start: %w", err)
-	}
-	b := &backends{cmd: cmd, stdin: stdin}
-	line := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			line <- sc.Text()
-		}
-		close(line)
-		_, _ = io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case l := <-line:
-		ports, ok := strings.CutPrefix(l, "ports ")
-		if !ok {
-			b.stop()
-			return nil, fmt.Errorf("backends: unexpected first line %q", l)
-		}
-		for _, p := range strings.Split(ports, ",") {
-			b.addrs = append(b.addrs, "127.0.0.1:"+p)
-		}
-	case <-time.After(10 * time.Second):
-		b.stop()
-		return nil, errors.New("backends: no ports within 10s")
+	b := &backends{Child: c}
+	for _, p := range strings.Split(ports, ",") {
+		b.addrs = append(b.addrs, "127.0.0.1:"+p)
 	}
 	return b, nil
 }
 
-func (b *backends) pid() int { return b.cmd.Process.Pid }
-
-// stop closes the child's standard input, waits a moment, then kills its
-// process group.
-func (b *backends) stop() {
-	_ = b.stdin.Close()
-	done := make(chan struct{})
-	go func() { _ = b.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(3 * time.Second):
-		_ = syscall.Kill(-b.cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-	}
-}
+func (b *backends) pid() int { return b.Pid() }
+func (b *backends) stop()    { b.Stop() }
 
 func cpuList(cpus []int) string {
 	s := make([]string, len(cpus))

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/halolb/halo/bench/internal/proxyproc"
+	"github.com/halolb/halo/bench/internal/summary"
 )
 
 func TestParseStat(t *testing.T) {
@@ -69,9 +70,9 @@ func TestSummarize(t *testing.T) {
 		{[]float64{9, 7, 1, 8, 2}, 7, 1, 9, true},
 	} {
 		in := append([]float64(nil), c.in...)
-		med, lo, hi, ok := summarize(c.in)
+		med, lo, hi, ok := summary.Of(c.in)
 		if med != c.med || lo != c.lo || hi != c.hi || ok != c.ok {
-			t.Errorf("summarize(%v) = %v %v %v %v, want %v %v %v %v", in, med, lo, hi, ok, c.med, c.lo, c.hi, c.ok)
+			t.Errorf("summary.Of(%v) = %v %v %v %v, want %v %v %v %v", in, med, lo, hi, ok, c.med, c.lo, c.hi, c.ok)
 		}
 		for i := range in {
 			if in[i] != c.in[i] {

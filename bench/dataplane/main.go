@@ -73,6 +73,7 @@ import (
 	"time"
 
 	"github.com/halolb/halo/bench/internal/proxyproc"
+	"github.com/halolb/halo/bench/internal/summary"
 	"github.com/halolb/halo/internal/pki"
 )
 
@@ -171,22 +172,13 @@ func run(ctx context.Context, o options, out io.Writer) error {
 		idleCounts = []int{o.idleMax}
 	}
 
-	var cols []string
-	for _, p := range strings.Split(o.proxies, ",") {
-		i := slices.IndexFunc(allProxies, func(n string) bool { return strings.EqualFold(n, strings.TrimSpace(p)) })
-		if i < 0 {
-			return fmt.Errorf("--proxies: no proxy %q (have %s)", p, strings.Join(allProxies, ", "))
-		}
-		cols = append(cols, allProxies[i])
+	cols, err := proxyproc.Select(o.proxies, allProxies)
+	if err != nil {
+		return fmt.Errorf("--proxies: %w", err)
 	}
-	var layouts []string
-	for _, l := range strings.Split(o.layouts, ",") {
-		switch l = strings.TrimSpace(l); l {
-		case "unpinned", "pinned":
-			layouts = append(layouts, l)
-		default:
-			return fmt.Errorf("--layout: no layout %q (have unpinned, pinned)", l)
-		}
+	layouts, err := proxyproc.Select(o.layouts, []string{"unpinned", "pinned"})
+	if err != nil {
+		return fmt.Errorf("--layout: %w", err)
 	}
 
 	dir, err := os.MkdirTemp("", "halo-bench-dataplane-")
@@ -421,22 +413,6 @@ func metricDefs(o options, idleCounts []int) []metricDef {
 	return defs
 }
 
-// summarize returns the median, min and max of vs (ok false if empty).
-// The median of an even count is the mean of the middle two.
-func summarize(vs []float64) (med, lo, hi float64, ok bool) {
-	if len(vs) == 0 {
-		return 0, 0, 0, false
-	}
-	s := slices.Clone(vs)
-	slices.Sort(s)
-	n := len(s)
-	med = s[n/2]
-	if n%2 == 0 {
-		med = (s[n/2-1] + s[n/2]) / 2
-	}
-	return med, s[0], s[n-1], true
-}
-
 // fmtNum formats v with prec decimals and thousands separators.
 func fmtNum(v float64, prec int) string {
 	s := strconv.FormatFloat(math.Abs(v), 'f', prec, 64)
@@ -465,7 +441,7 @@ func renderTable(w io.Writer, cols []string, defs []metricDef, res results, unav
 	fmt.Fprintf(w, "|---|%s---:|---:|---|---|\n", strings.Repeat("---:|", len(cols)))
 	for _, d := range defs {
 		med := func(c string) (float64, bool) {
-			m, _, _, ok := summarize(res[c][d.key])
+			m, _, _, ok := summary.Of(res[c][d.key])
 			return m, ok
 		}
 		cells := make([]string, 0, len(cols))
@@ -476,7 +452,7 @@ func renderTable(w io.Writer, cols []string, defs []metricDef, res results, unav
 			case unavailable[c] != "":
 				cells = append(cells, "unavailable")
 			default:
-				m, lo, hi, ok := summarize(res[c][d.key])
+				m, lo, hi, ok := summary.Of(res[c][d.key])
 				if !ok {
 					cells = append(cells, "no data")
 				} else if len(res[c][d.key]) == 1 {

@@ -6,15 +6,18 @@
 package proxyproc
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -29,6 +32,21 @@ const (
 	HAProxy = "HAProxy"
 	Nginx   = "nginx"
 )
+
+// Select returns the names in the comma-separated list (of proxies, or of
+// a benchmark's layouts or scenarios), each spelled as in all (matched
+// without regard to case), in the list's order.
+func Select(list string, all []string) ([]string, error) {
+	var out []string
+	for _, p := range strings.Split(list, ",") {
+		i := slices.IndexFunc(all, func(n string) bool { return strings.EqualFold(n, strings.TrimSpace(p)) })
+		if i < 0 {
+			return nil, fmt.Errorf("no %q (have %s)", strings.TrimSpace(p), strings.Join(all, ", "))
+		}
+		out = append(out, all[i])
+	}
+	return out, nil
+}
 
 // Proc is a running child process, the leader of its own process group.
 type Proc struct {
@@ -55,6 +73,72 @@ func Start(name string, argv []string, env []string) (*Proc, error) {
 	p := &Proc{Name: name, cmd: cmd, out: out, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
 	return p, nil
+}
+
+// Child is a child process that serves until its standard input closes:
+// this benchmark's own binary re-executed in another role (backends,
+// masters).
+type Child struct {
+	*Proc
+	stdin io.Closer
+}
+
+// StartChild starts argv with env added, its standard input a pipe, and
+// returns the first line it prints on its standard output (say, its
+// ports) once it does, within wait. Its standard error is kept like
+// Start's output.
+func StartChild(name string, argv, env []string, wait time.Duration) (*Child, string, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	out := &tailBuffer{max: 4096}
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", name, err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, "", fmt.Errorf("%s: %w", name, err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, "", fmt.Errorf("start %s: %w", name, err)
+	}
+	c := &Child{Proc: &Proc{Name: name, cmd: cmd, out: out, done: make(chan struct{})}, stdin: stdin}
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		if sc.Scan() {
+			line <- sc.Text()
+		}
+		close(line)
+		_, _ = io.Copy(io.Discard, stdout)
+		_ = cmd.Wait() // after the last read from stdout, as Wait requires
+		close(c.done)
+	}()
+	select {
+	case l, ok := <-line:
+		if ok {
+			return c, l, nil
+		}
+		c.Stop()
+		return nil, "", fmt.Errorf("%s exited: %s", name, c.Output())
+	case <-time.After(wait):
+		c.Stop()
+		return nil, "", fmt.Errorf("%s: no first line within %v: %s", name, wait, c.Output())
+	}
+}
+
+// Stop closes the child's standard input, lets it exit for a second, then
+// stops it as Proc.Stop does (SIGCONT first, should it be stopped).
+func (c *Child) Stop() {
+	_ = c.Signal(syscall.SIGCONT)
+	_ = c.stdin.Close()
+	select {
+	case <-c.done:
+	case <-time.After(time.Second):
+	}
+	c.Proc.Stop()
 }
 
 // Pid is the process's (and its group's) id.
