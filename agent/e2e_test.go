@@ -728,3 +728,104 @@ func TestHungMasterExcluded(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRebalanceAfterRecovery: while master-2 is down, long-lived
+// connections pile onto master-1 and master-3; when it is probed healthy
+// again, the agent closes only the excess (bounded per interval), and the
+// clients that reconnect, as watches do, land on master-2 until the spread
+// is even.
+func TestRebalanceAfterRecovery(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	e := newEnv(t)
+	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp),
+		HealthCheck: &halov1.HealthCheck{Interval: durationpb.New(200 * time.Millisecond), Timeout: durationpb.New(150 * time.Millisecond), Rise: 2, Fall: 2},
+		Rebalance: &halov1.Rebalance{Enabled: true, MaxFraction: 0.25, MinAge: durationpb.New(time.Millisecond), Interval: durationpb.New(300 * time.Millisecond)}}}
+	if _, err := e.tc.PutCluster(ctxT(t), &halov1.PutClusterRequest{Cluster: c}); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgent(t, agent.Config{Servers: []string{e.srv.Addr}, Cluster: clusterName, Node: "worker-1"})
+	poll(t, "agent ready", func() error { return a.Ready() })
+	healthOf := func(name string) config.Health {
+		for _, h := range a.Proxy().Cluster(snapshot.ClusterAPIServer).State() {
+			if h.Address == e.masters[name].addr {
+				return h.Health
+			}
+		}
+		return -1
+	}
+	waitHealth := func(name string, want config.Health) {
+		t.Helper()
+		poll(t, name+" "+want.String(), func() error {
+			if h := healthOf(name); h != want {
+				return fmt.Errorf("%s: %v", name, h)
+			}
+			return nil
+		})
+	}
+	e.masters["master-2"].hung.Store(true)
+	waitHealth("master-2", config.Unhealthy)
+
+	const n = 12
+	conns := make([]*keptConn, n)
+	on := make([]string, n)
+	for i := range conns {
+		conns[i] = e.dialKept()
+		who, err := conns[i].whoami()
+		if err != nil {
+			t.Fatal(err)
+		}
+		on[i] = who
+	}
+	count := func() map[string]int {
+		got := map[string]int{}
+		for _, w := range on {
+			got[w]++
+		}
+		return got
+	}
+	if got := count(); got["master-1"] != n/2 || got["master-3"] != n/2 {
+		t.Fatalf("with master-2 down: %v", got)
+	}
+
+	e.masters["master-2"].hung.Store(false)
+	waitHealth("master-2", config.Healthy)
+	moved := 0
+	poll(t, "connections spread evenly", func() error {
+		for i, k := range conns {
+			if who, err := k.whoami(); err == nil {
+				on[i] = who
+				continue
+			}
+			// Closed by the agent: reconnect, as a watch does.
+			moved++
+			conns[i] = e.dialKept()
+			who, err := conns[i].whoami()
+			if err != nil {
+				return err
+			}
+			if who != "master-2" {
+				t.Errorf("a moved connection landed on %s, not the master that came back", who)
+			}
+			on[i] = who
+		}
+		if got := count(); got["master-1"] != n/3 || got["master-2"] != n/3 || got["master-3"] != n/3 {
+			return fmt.Errorf("spread %v", got)
+		}
+		return nil
+	})
+	// Only the excess moved: 2 from each of master-1 and master-3.
+	if moved != n/3 {
+		t.Errorf("%d connections were moved, want %d (only those above the even share)", moved, n/3)
+	}
+	// Even now: nothing more is closed over a few rounds.
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		for i, k := range conns {
+			if _, err := k.whoami(); err != nil {
+				t.Fatalf("connection %d (on %s) closed after the spread was even: %v", i, on[i], err)
+			}
+		}
+	}
+}
