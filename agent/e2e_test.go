@@ -741,7 +741,7 @@ func TestRebalanceAfterRecovery(t *testing.T) {
 	e := newEnv(t)
 	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp),
 		HealthCheck: &halov1.HealthCheck{Interval: durationpb.New(200 * time.Millisecond), Timeout: durationpb.New(150 * time.Millisecond), Rise: 2, Fall: 2},
-		Rebalance: &halov1.Rebalance{Enabled: true, MaxFraction: 0.25, MinAge: durationpb.New(time.Millisecond), Interval: durationpb.New(300 * time.Millisecond)}}}
+		Rebalance:   &halov1.Rebalance{Enabled: true, MaxFraction: 0.25, MinAge: durationpb.New(time.Millisecond), Interval: durationpb.New(300 * time.Millisecond)}}}
 	if _, err := e.tc.PutCluster(ctxT(t), &halov1.PutClusterRequest{Cluster: c}); err != nil {
 		t.Fatal(err)
 	}
