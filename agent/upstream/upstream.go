@@ -30,6 +30,7 @@ type Host struct {
 	health       config.Health
 	removed      bool
 	active       int
+	pending      int // connects in progress (picked, not yet Connected or Failed)
 	failures     int // consecutive connect failures
 	ejections    int // how many times ejected (multiplies the ejection time)
 	ejectedUntil time.Time
@@ -158,7 +159,10 @@ func (c *Cluster) State() []HostState {
 // the best tier available: healthy and not ejected; else degraded and not
 // ejected; else, in panic mode (the healthy share is below the panic
 // threshold), every endpoint. It returns nil when there is nothing to try
-// or the circuit breaker is open (Overflow tells which).
+// or the circuit breaker is open (Overflow tells which). The connect to
+// the endpoint it returns counts as in progress, for least-request, until
+// Connected or Failed reports its end: a burst of new connections spreads
+// instead of piling onto the endpoint that had the fewest when it began.
 func (c *Cluster) Pick(tried []*Host) *Host {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -188,7 +192,11 @@ func (c *Cluster) Pick(tried []*Host) *Host {
 	default:
 		return nil // no panic mode: nothing usable
 	}
-	return c.chooseLocked(want, tried)
+	h := c.chooseLocked(want, tried)
+	if h != nil {
+		h.pending++
+	}
+	return h
 }
 
 // panicLocked reports whether usable endpoints are below the panic
@@ -230,8 +238,8 @@ func (c *Cluster) chooseLocked(want func(*Host) bool, tried []*Host) *Host {
 			if rand.IntN(candidates) == 0 {
 				best = h
 			}
-		default: // least request: fewest active connections; ties rotate
-			if best == nil || h.active < best.active {
+		default: // least request: fewest open and opening connections; ties rotate
+			if best == nil || h.active+h.pending < best.active+best.pending {
 				best = h
 			}
 		}
@@ -252,6 +260,7 @@ func contains(hs []*Host, h *Host) bool {
 // the returned func releases it when the connection ends.
 func (c *Cluster) Connected(h *Host, conn Conn) (release func()) {
 	c.mu.Lock()
+	h.pending = max(0, h.pending-1)
 	h.failures = 0
 	h.active++
 	c.active++
@@ -288,6 +297,7 @@ func (c *Cluster) release(h *Host, conn Conn) {
 func (c *Cluster) Failed(h *Host) *Event {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	h.pending = max(0, h.pending-1)
 	h.failures++
 	o := c.cfg.Outlier
 	if o == nil || h.failures < o.ConsecutiveFailures {

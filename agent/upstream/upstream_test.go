@@ -336,3 +336,48 @@ func TestRebalanceStopsWhenEven(t *testing.T) {
 		t.Fatalf("rebalanced onto unhealthy endpoints: %d", len(got))
 	}
 }
+
+// TestLeastRequestCountsConnectsInProgress: a burst of new connections,
+// picked before any connect completes, spreads over the endpoints instead
+// of piling onto the one that had the fewest when the burst began.
+func TestLeastRequestCountsConnectsInProgress(t *testing.T) {
+	c := newCluster(t, cluster(config.LeastRequest), endpoints(config.Healthy, config.Healthy, config.Healthy))
+	// Two connections each, then the second endpoint's both end and one of
+	// the third's: 2, 0, 1 open.
+	release := map[netip.AddrPort][]func(){}
+	for range 6 {
+		h := c.Pick(nil)
+		release[h.Address] = append(release[h.Address], c.Connected(h, &conn{}))
+	}
+	for _, a := range []netip.AddrPort{addr(2), addr(2), addr(3)} {
+		release[a][0]()
+		release[a] = release[a][1:]
+	}
+	picked := map[netip.AddrPort]int{}
+	var burst []*upstream.Host
+	for range 6 {
+		h := c.Pick(nil)
+		picked[h.Address]++
+		burst = append(burst, h)
+	}
+	for _, h := range c.State() {
+		if got := picked[h.Address] + h.Active; got != 3 {
+			t.Errorf("%v: %d open + %d connecting, want 3 in all (an even spread)", h.Address, h.Active, picked[h.Address])
+		}
+	}
+	// A failed connect ends its count as surely as a successful one.
+	for i, h := range burst {
+		if i%2 == 0 {
+			c.Failed(h)
+		} else {
+			c.Connected(h, &conn{})
+		}
+	}
+	total := 0
+	for _, h := range c.State() {
+		total += h.Active
+	}
+	if total != 3+3 {
+		t.Errorf("open connections %d, want 6", total)
+	}
+}

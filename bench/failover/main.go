@@ -412,6 +412,7 @@ func runScenario(ctx context.Context, o options, e *env, col, scenario string) (
 		gone = time.Now()
 	}
 	onVictim := spread[victim.name]
+	fmt.Fprintf(os.Stderr, "%s %s: streams per master at the event: %v\n", scenario, col, spread)
 	var marked time.Time
 	var recs []reqRecord
 	for {
