@@ -39,40 +39,6 @@ func fakeAPIServer(t *testing.T, addr string, code int) string {
 	return ln.Addr().String()
 }
 
-// hungAPIServer accepts TCP on addr and never answers: a stopped
-// apiserver whose socket the kernel still accepts on.
-func hungAPIServer(t *testing.T, addr string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-}
-
 // TestProberMarksBackends: one replica probes the masters; a hung one is
 // marked unhealthy (the probe times out), a 401 one alive but unverified,
 // and ListBackends shows it all with the prober's name.
@@ -83,7 +49,7 @@ func TestProberMarksBackends(t *testing.T) {
 	ctx := ctxT(t)
 	ok := fakeAPIServer(t, "127.0.0.51:0", 200)
 	_, port, _ := net.SplitHostPort(ok)
-	hungAPIServer(t, "127.0.0.52:"+port)
+	servertest.Hung(t, "127.0.0.52:"+port)
 	fakeAPIServer(t, "127.0.0.53:"+port, 401)
 	p, _ := strconv.Atoi(port)
 	hc := &halov1.HealthCheck{Interval: durationpb.New(100 * time.Millisecond), Timeout: durationpb.New(80 * time.Millisecond), Rise: 2, Fall: 2}

@@ -57,9 +57,9 @@ func startProxy(ctx context.Context, name string, env *proxyEnv, cpus []int) (*p
 	var ready func(context.Context) error
 	switch name {
 	case agent:
-		admin, err := proxyproc.FreePort()
-		if err != nil {
-			return nil, err
+		admin, aerr := proxyproc.FreePort()
+		if aerr != nil {
+			return nil, aerr
 		}
 		cache := filepath.Join(env.dir, fmt.Sprintf("agent-cache-%d", time.Now().UnixNano()))
 		p, err = proxyproc.Start(agent, append(wrap, env.agentBin, "--bootstrap-backends", strings.Join(env.backends, ","), "--bootstrap-listen", listen,

@@ -148,5 +148,5 @@ func renderProbes(w io.Writer, cols []string, counts []int, halo map[int]float64
 		fmt.Fprintf(w, "| %d | %s | %.1f | %.0f | 0 (no active checks) |\n", n, h, float64(workers*masters)/10, float64(workers*masters)/1)
 	}
 	fmt.Fprintf(w, "\nhalo: one replica probes each master's /readyz every interval (1 s), whatever the node count. "+
-		"Per node proxies probe every master from every node that is not a master: HAProxy's check-ssl is a TLS handshake each inter (10 s), which a hung apiserver's kernel still half-completes; nginx-proxy has no active check at all.\n\n")
+		"Per-node proxies probe every master from every node that is not a master: HAProxy's check-ssl opens a TLS connection to each master every inter (10 s); nginx-proxy has no active check at all.\n\n")
 }

@@ -3,17 +3,16 @@ package health_test
 import (
 	"context"
 	"crypto/tls"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/servertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -33,39 +32,11 @@ func server(t *testing.T, code int, body string) *httptest.Server {
 	return s
 }
 
-// hung accepts TCP connections and never answers (a stopped apiserver
-// whose socket the kernel still accepts on).
+// hung is the /readyz URL of a server that accepts TCP connections and
+// never answers (a stopped apiserver whose socket the kernel still accepts
+// on).
 func hung(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	return "https://" + ln.Addr().String() + "/readyz"
+	return "https://" + servertest.Hung(t, "127.0.0.1:0") + "/readyz"
 }
 
 func insecure() *http.Client {
