@@ -2,7 +2,6 @@ package server
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/halolb/halo/internal/certfile"
+	"github.com/halolb/halo/internal/identity"
 	probes "github.com/halolb/halo/server/health"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
@@ -42,8 +43,22 @@ type Config struct {
 	// TLSCertFile and TLSKeyFile turn on server TLS. Both or neither.
 	TLSCertFile, TLSKeyFile string
 	// PeerCAFile verifies the other replicas' certificates when this one
-	// asks them for status (with TLS). Empty: the system's roots.
+	// asks them for status (with TLS). Empty: ClientCAFile when set, else
+	// the system's roots.
 	PeerCAFile string
+	// ClientCAFile turns on production mode: every caller must present a
+	// certificate that this CA bundle verifies, carrying a SPIFFE-style
+	// identity of TrustDomain, and is authorized by it (nodes subscribe to
+	// xDS as themselves only; users by their role in PolicyFile; replicas
+	// read). Needs TLSCertFile and PolicyFile. The certificate files and
+	// the CA bundle are read again when they change.
+	ClientCAFile string
+	// TrustDomain is the trust domain of the identities accepted in
+	// production mode. Default identity.DefaultTrustDomain.
+	TrustDomain string
+	// PolicyFile gives user identities their roles (admin, read-only); see
+	// package auth. Read again when it changes.
+	PolicyFile string
 
 	// ReplicaName names this replica in agent status and in etcd's replica
 	// registry. Default: <hostname>:<gRPC port>.
@@ -126,6 +141,9 @@ func (c Config) withDefaults() Config {
 	if c.ReplicaTTL == 0 {
 		c.ReplicaTTL = replicas.DefaultTTL
 	}
+	if c.TrustDomain == "" {
+		c.TrustDomain = identity.DefaultTrustDomain
+	}
 	if c.ProbeElectionTTL == 0 {
 		c.ProbeElectionTTL = probes.DefaultElectionTTL
 	}
@@ -153,6 +171,19 @@ func (c Config) Validate() error {
 		return fmt.Errorf("--listen %s is not a loopback address, and plaintext is allowed only on loopback: "+
 			"anyone who reaches this port could rewrite the cluster's apiserver endpoints. "+
 			"Give --tls-cert and --tls-key, or listen on 127.0.0.1", addr)
+	}
+	if c.ClientCAFile != "" && c.TLSCertFile == "" {
+		return errors.New("--client-ca needs --tls-cert and --tls-key: client certificates are checked over TLS")
+	}
+	if c.ClientCAFile != "" && c.PolicyFile == "" {
+		return errors.New("--client-ca needs --policy: the file that names the admin and read-only users " +
+			"(e.g. \"admin: [alice]\" and \"read-only: [grafana]\")")
+	}
+	if c.PolicyFile != "" && c.ClientCAFile == "" {
+		return errors.New("--policy needs --client-ca: without client certificates there are no identities to give roles to")
+	}
+	if err := identity.UserID(c.TrustDomain, "x").Validate(); err != nil {
+		return fmt.Errorf("--trust-domain %q: %w", c.TrustDomain, err)
 	}
 	if !strings.HasSuffix(c.EtcdPrefix, "/") {
 		return fmt.Errorf("--etcd-prefix %q must end in /", c.EtcdPrefix)
@@ -202,16 +233,18 @@ func isLoopback(hostport string) bool {
 	return err == nil && a.IsLoopback()
 }
 
-// loadTLS loads the server certificate.
-func (c Config) loadTLS() (*tls.Config, error) {
+// serverTLS is the gRPC port's TLS: the server certificate and, in
+// production mode, the client CA bundle, both read again when they change.
+// Nil without TLS.
+func (c Config) serverTLS(log *slog.Logger) (*tls.Config, error) {
 	if c.TLSCertFile == "" {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+	src, err := certfile.New(certfile.Options{CertFile: c.TLSCertFile, KeyFile: c.TLSKeyFile, CAFile: c.ClientCAFile, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		return nil, fmt.Errorf("--tls-cert/--tls-key/--client-ca: %w", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	return src.ServerConfig(), nil
 }
 
 // identity returns the replica's name and advertised address, given the
@@ -237,21 +270,23 @@ func (c Config) identity(listening net.Addr) (name, advertise string) {
 }
 
 // peerDialOptions are how this replica dials the others: as the agents
-// dial it (plaintext on loopback, else TLS verified against PeerCAFile).
-func (c Config) peerDialOptions() ([]grpc.DialOption, error) {
+// dial it (plaintext on loopback, else TLS verified against PeerCAFile, or
+// ClientCAFile, or the system's roots), presenting its own certificate in
+// production mode, where replicas are callers like any other.
+func (c Config) peerDialOptions(log *slog.Logger) ([]grpc.DialOption, error) {
 	if c.TLSCertFile == "" {
 		return []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
-	if c.PeerCAFile != "" {
-		pem, err := os.ReadFile(c.PeerCAFile)
-		if err != nil {
-			return nil, fmt.Errorf("--peer-ca: %w", err)
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("--peer-ca %s holds no PEM certificate", c.PeerCAFile)
-		}
+	o := certfile.Options{CAFile: c.PeerCAFile, Logger: log}
+	if o.CAFile == "" {
+		o.CAFile = c.ClientCAFile
 	}
-	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc))}, nil
+	if c.ClientCAFile != "" {
+		o.CertFile, o.KeyFile = c.TLSCertFile, c.TLSKeyFile
+	}
+	src, err := certfile.New(o)
+	if err != nil {
+		return nil, fmt.Errorf("--peer-ca: %w", err)
+	}
+	return []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(src.ClientConfig("")))}, nil
 }

@@ -39,6 +39,7 @@ import (
 	"github.com/halolb/halo/internal/slogzap"
 	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/api"
+	"github.com/halolb/halo/server/auth"
 	"github.com/halolb/halo/server/embedetcd"
 	probes "github.com/halolb/halo/server/health"
 	"github.com/halolb/halo/server/publisher"
@@ -66,7 +67,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	tlsCfg, err := cfg.loadTLS()
+	tlsCfg, err := cfg.serverTLS(cfg.Logger.With("component", "tls"))
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -157,7 +158,21 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	registry := prometheus.NewRegistry()
 	replica, advertise := s.cfg.identity(lis.Addr())
 	hub := s.hub
-	adsSrv, err := ads.New(ads.Config{Hub: hub, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry})
+	var authz *auth.Authorizer
+	if s.cfg.ClientCAFile != "" {
+		policy, err := auth.LoadPolicyFile(s.cfg.PolicyFile, s.log.With("component", "auth"))
+		if err != nil {
+			return fmt.Errorf("server: --policy: %w", err)
+		}
+		if authz, err = auth.New(auth.Config{TrustDomain: s.cfg.TrustDomain, Policy: policy}); err != nil {
+			return fmt.Errorf("server: %w", err)
+		}
+	}
+	adsCfg := ads.Config{Hub: hub, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry}
+	if authz != nil {
+		adsCfg.Authorize = authz.CheckNode
+	}
+	adsSrv, err := ads.New(adsCfg)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -175,7 +190,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	peerOpts, err := s.cfg.peerDialOptions()
+	peerOpts, err := s.cfg.peerDialOptions(s.log.With("component", "tls"))
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -206,9 +221,15 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		grpc.InitialConnWindowSize(1 << 20),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)),
-		grpc.ChainStreamInterceptor(skipADS(grpcMetrics.StreamServerInterceptor()), skipADS(logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...))),
 	}
+	unary := []grpc.UnaryServerInterceptor{grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)}
+	stream := []grpc.StreamServerInterceptor{skipADS(grpcMetrics.StreamServerInterceptor()), skipADS(logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...))}
+	if authz != nil {
+		// After metrics and logging, so that refused calls are counted and logged.
+		unary = append(unary, authz.UnaryInterceptor())
+		stream = append(stream, authz.StreamInterceptor())
+	}
+	opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	if s.tls != nil {
 		opts = append(opts, grpc.Creds(credentials.NewTLS(s.tls)))
 	}
@@ -291,7 +312,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		return nil
 	})
 	close(s.ready)
-	s.log.Info("serving", "address", lis.Addr().String(), "replica", replica, "advertise", advertise, "tls", s.tls != nil,
+	s.log.Info("serving", "address", lis.Addr().String(), "replica", replica, "advertise", advertise, "tls", s.tls != nil, "client_certificates", authz != nil,
 		"reflection", !s.cfg.DisableReflection, "etcd", endpoints, "metrics", addrString(s.MetricsAddr()))
 	err = g.Wait()
 	s.log.Info("stopped", "error", err)

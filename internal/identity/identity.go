@@ -15,6 +15,9 @@ import (
 	"strings"
 )
 
+// DefaultTrustDomain is the trust domain halo uses unless told another.
+const DefaultTrustDomain = "halo.local"
+
 // Kind is what an identity names.
 type Kind int
 

@@ -49,6 +49,10 @@ type Config struct {
 	Shutdown context.Context
 	// Registerer receives the server's metrics. Nil: none.
 	Registerer prometheus.Registerer
+	// Authorize, if set, is asked on every request of every stream whether
+	// the caller (ctx is the stream's) may subscribe as node of cluster;
+	// its error ends the stream.
+	Authorize func(ctx context.Context, cluster, node string) error
 }
 
 // Server serves ADS. It implements
@@ -244,7 +248,7 @@ func (s *Server) serve(ctx context.Context, str *stream, recv func() (*request, 
 	defer s.unindex(str)
 
 	done := make(chan error, 1)
-	go func() { done <- s.receive(str, recv) }()
+	go func() { done <- s.receive(ctx, str, recv) }()
 	select {
 	case err := <-done:
 		return err
@@ -263,16 +267,29 @@ func (str *stream) protocol() string {
 }
 
 // receive handles the stream's requests until Recv fails.
-func (s *Server) receive(str *stream, recv func() (*request, error)) error {
+func (s *Server) receive(ctx context.Context, str *stream, recv func() (*request, error)) error {
 	for {
 		req, err := recv()
 		if err != nil {
 			return nil // the client closed the stream, or its connection broke
 		}
-		if str.cluster == "" {
-			if req.node.GetId() == "" || req.node.GetCluster() == "" {
-				return status.Error(codes.InvalidArgument, "the first request of a stream must carry node.id (the node's name) and node.cluster (its halo cluster)")
+		if str.cluster == "" && (req.node.GetId() == "" || req.node.GetCluster() == "") {
+			return status.Error(codes.InvalidArgument, "the first request of a stream must carry node.id (the node's name) and node.cluster (its halo cluster)")
+		}
+		cluster, node := str.cluster, str.nodeName
+		if req.node.GetId() != "" || req.node.GetCluster() != "" {
+			cluster, node = req.node.GetCluster(), req.node.GetId()
+		}
+		if s.cfg.Authorize != nil {
+			if err := s.cfg.Authorize(ctx, cluster, node); err != nil {
+				s.log.Warn("xds request refused", "node_id", node, "cluster", cluster, "remote_addr", str.peer, "error", err)
+				return err
 			}
+		}
+		if str.cluster != "" && (cluster != str.cluster || node != str.nodeName) {
+			return status.Errorf(codes.InvalidArgument, "a stream's node cannot change: it subscribed as %s/%s, not %s/%s", str.cluster, str.nodeName, cluster, node)
+		}
+		if str.cluster == "" {
 			str.st.mu.Lock()
 			str.node = req.node
 			str.st.mu.Unlock()
