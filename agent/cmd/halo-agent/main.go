@@ -6,12 +6,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -19,6 +18,7 @@ import (
 	"syscall"
 
 	"github.com/halolb/halo/agent"
+	"github.com/halolb/halo/internal/certfile"
 	"github.com/halolb/halo/internal/command"
 	"github.com/halolb/halo/internal/version"
 )
@@ -76,9 +76,10 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.cluster, "cluster", "", "`name` of this node's halo cluster (required with --server)")
 	fs.StringVar(&o.node, "node", hostname, "this node's `name` in the halo topology")
 	fs.BoolVar(&o.sotw, "sotw", false, "use state-of-the-world xDS instead of Delta (Delta resends nothing on reconnect)")
-	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA `file` to verify halo-server; required unless every --server is on loopback")
-	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM client certificate `file` presented to halo-server (with --tls-key)")
-	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM client key `file` (with --tls-cert)")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "PEM CA `file` to verify halo-server; required unless every --server is on loopback; re-read when it changes")
+	fs.StringVar(&o.tlsCert, "tls-cert", "",
+		"PEM client certificate `file` presented to halo-server (with --tls-key): in production mode, this node's spiffe://<trust-domain>/cluster/<cluster>/node/<node> identity; re-read when it changes")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "PEM client key `file` (with --tls-cert); re-read when it changes")
 	fs.StringVar(&o.tlsServerName, "tls-server-name", "", "`name` expected in halo-server's certificate (default: the host of each --server)")
 	fs.StringVar(&o.cacheDir, "cache-dir", agent.DefaultCacheDir,
 		"`directory` holding the last accepted configuration, served at start-up before any server answers; empty disables it")
@@ -99,7 +100,7 @@ func run(args []string, stderr io.Writer) int {
 	if !ok {
 		return exit
 	}
-	cfg, err := o.config()
+	cfg, err := o.config(logger)
 	if err != nil {
 		fmt.Fprintf(stderr, "halo-agent: %v\n", err)
 		return 2
@@ -123,7 +124,7 @@ func run(args []string, stderr io.Writer) int {
 }
 
 // config turns the flags into an agent.Config.
-func (o *options) config() (agent.Config, error) {
+func (o *options) config(logger *slog.Logger) (agent.Config, error) {
 	cfg := agent.Config{Cluster: o.cluster, Node: o.node, SotW: o.sotw, CacheDir: o.cacheDir, AdminListen: o.adminListen}
 	cfg.Servers = splitList(o.servers)
 	for _, b := range splitList(o.bootstrapBackends) {
@@ -147,22 +148,13 @@ func (o *options) config() (agent.Config, error) {
 		return cfg, errors.New("--tls-cert and --tls-server-name need --tls-ca")
 	}
 	if o.tlsCA != "" {
-		pem, err := os.ReadFile(o.tlsCA)
+		// Re-read when they change: a rotated node certificate or CA bundle
+		// is used from the next connection on, without a restart.
+		src, err := certfile.New(certfile.Options{CAFile: o.tlsCA, CertFile: o.tlsCert, KeyFile: o.tlsKey, Logger: logger.With("component", "tls")})
 		if err != nil {
-			return cfg, fmt.Errorf("--tls-ca: %w", err)
+			return cfg, fmt.Errorf("--tls-ca/--tls-cert/--tls-key: %w", err)
 		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return cfg, fmt.Errorf("--tls-ca: no PEM certificate in %s", o.tlsCA)
-		}
-		cfg.TLS = &tls.Config{RootCAs: pool, ServerName: o.tlsServerName, MinVersion: tls.VersionTLS12}
-		if o.tlsCert != "" {
-			cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-			if err != nil {
-				return cfg, fmt.Errorf("--tls-cert/--tls-key: %w", err)
-			}
-			cfg.TLS.Certificates = []tls.Certificate{cert}
-		}
+		cfg.TLS = src.ClientConfig(o.tlsServerName)
 	}
 	return cfg, nil
 }
