@@ -4,6 +4,7 @@
 package pki
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -29,7 +30,8 @@ type CA struct {
 	Cert *x509.Certificate
 	// CertPEM is Cert, PEM-encoded.
 	CertPEM []byte
-	key     *ecdsa.PrivateKey
+	// key signs: ECDSA from NewCA; ECDSA, RSA or Ed25519 from LoadCA.
+	key crypto.Signer
 }
 
 // NewCA creates a self-signed CA valid for validity (zero: 10 years).

@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/halolb/halo/internal/command"
+	"github.com/halolb/halo/internal/identity"
 	"github.com/halolb/halo/internal/version"
 	"github.com/halolb/halo/server"
 	probes "github.com/halolb/halo/server/health"
@@ -39,8 +40,13 @@ embedded single-member etcd in ./halo-data. Plaintext is allowed only on loopbac
 any other --listen address needs --tls-cert and --tls-key. --etcd-endpoints uses
 an external etcd cluster instead of the embedded one.
 
+Production mode (--client-ca, --policy): every caller presents a client
+certificate with a SPIFFE-style identity; "halo-server certs" makes a CA and
+the server, node and user certificates ("halo-server certs -h").
+
 Usage:
   halo-server [flags]
+  halo-server certs <ca|server|node|user> [flags]
 
 Flags (each also accepts --name=value):
 `
@@ -66,7 +72,13 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 		"`host:port` of the gRPC API (admin services, health, reflection); a non-loopback address needs --tls-cert and --tls-key")
 	fs.StringVar(&cfg.TLSCertFile, "tls-cert", "", "PEM certificate `file` for server TLS (with --tls-key)")
 	fs.StringVar(&cfg.TLSKeyFile, "tls-key", "", "PEM private key `file` for server TLS (with --tls-cert)")
-	fs.StringVar(&cfg.PeerCAFile, "peer-ca", "", "PEM CA `file` to verify the other replicas when this one asks them for agent status (with TLS; default: system roots)")
+	fs.StringVar(&cfg.PeerCAFile, "peer-ca", "", "PEM CA `file` to verify the other replicas when this one asks them for agent status (with TLS; default: --client-ca, else system roots)")
+	fs.StringVar(&cfg.ClientCAFile, "client-ca", "",
+		"PEM CA bundle `file`: production mode. Every caller must present a certificate it verifies, with a spiffe://<trust-domain>/... identity: "+
+			"nodes subscribe to xDS only as themselves, users act by their --policy role, replicas read. Needs --tls-cert and --policy; re-read when it changes")
+	fs.StringVar(&cfg.TrustDomain, "trust-domain", identity.DefaultTrustDomain, "the trust `domain` of accepted identities (spiffe://<domain>/...) with --client-ca")
+	fs.StringVar(&cfg.PolicyFile, "policy", "",
+		"YAML `file` giving user identities their roles with --client-ca, e.g. \"admin: [alice]\" and \"read-only: [grafana]\" (\"*\": every user); re-read when it changes")
 	fs.StringVar(&cfg.ReplicaName, "replica-name", "", "this replica's `name` in agent status and in etcd's replica registry (default <hostname>:<port>)")
 	fs.StringVar(&cfg.AdvertiseAddress, "advertise-address", "",
 		"`host:port` where other replicas and Envoy reach this replica (default: --listen, or <hostname>:<port> when listening on all addresses)")
@@ -96,6 +108,9 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 // run parses args, runs the server until SIGINT or SIGTERM, and returns the
 // exit code.
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "certs" {
+		return runCerts(args[1:], os.Stdout, stderr)
+	}
 	var o options
 	fs := newFlagSet(&o, stderr)
 	logger, exit, ok := o.Parse(fs, args, stderr)
