@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -350,4 +351,58 @@ func loadPair(t *testing.T, dir, name string) []tls.Certificate {
 		t.Fatal(err)
 	}
 	return []tls.Certificate{c}
+}
+
+// TestMTLSReplicasAskEachOther: in production mode, replicas present their
+// own certificates to each other (replica identities may read), so
+// ListAgents on one lists the agents of the other.
+func TestMTLSReplicasAskEachOther(t *testing.T) {
+	etcd := servertest.NewEtcd(t)
+	a := newMTLS(t)
+	a.srv.Close() // restart it on the shared etcd
+	startOn := func(e *mtlsEnv, name string) *servertest.Server {
+		e.issue("server-"+name, pki.Request{CommonName: name, IPs: []net.IP{net.IPv4(127, 0, 0, 1)},
+			URIs: []*url.URL{identity.ReplicaID(td, name).URL()}, Server: true, Client: true})
+		return servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) {
+			c.ReplicaName = name
+			c.TLSCertFile, c.TLSKeyFile = filepath.Join(e.dir, "server-"+name+".crt"), filepath.Join(e.dir, "server-"+name+".key")
+			c.ClientCAFile, c.PolicyFile, c.TrustDomain = filepath.Join(e.dir, "ca.crt"), filepath.Join(e.dir, "policy.yaml"), td
+		})
+	}
+	a.srv = startOn(a, "replica-a")
+	b := &mtlsEnv{t: t, dir: a.dir, ca: a.ca}
+	b.srv = startOn(b, "replica-b")
+
+	ctx := ctx5(t)
+	alice := identity.UserID(td, "alice")
+	admin := halov1.NewTopologyServiceClient(a.client("alice", &alice))
+	if _, err := admin.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "prod"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*halov1.Node{
+		{Cluster: "prod", Name: "m1", Ip: "10.0.0.1", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}},
+		{Cluster: "prod", Name: "worker-1", Ip: "10.0.0.2", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}},
+	} {
+		if _, err := admin.PutNode(ctx, &halov1.PutNodeRequest{Node: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	w := identity.NodeID(td, "prod", "worker-1")
+	if _, err := deltaAs(ctx, b.client("worker-1", &w), "prod", "worker-1"); err != nil {
+		t.Fatal(err)
+	}
+	sc := halov1.NewStatusServiceClient(a.client("alice", nil))
+	waitfor.Nil(t, 20*time.Second, "replica-a lists the agent on replica-b", func() error {
+		r, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{Cluster: "prod"})
+		if err != nil {
+			return err
+		}
+		if len(r.GetUnreachableReplicas()) > 0 {
+			return fmt.Errorf("unreachable: %v", r.GetUnreachableReplicas())
+		}
+		if len(r.GetAgents()) != 1 || r.GetAgents()[0].GetReplica() != "replica-b" {
+			return fmt.Errorf("agents %v", r.GetAgents())
+		}
+		return nil
+	})
 }
