@@ -61,7 +61,7 @@ lint: $(BIN)/.buf-$(BUF_VERSION) ## gofmt, go vet, buf lint, and buf breaking ag
 		echo "buf breaking --against .git#branch=main"; buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch here, skipped"; fi
 
-FUZZ_PKGS := ./server/topology/ ./agent/config/
+FUZZ_PKGS := ./server/topology/ ./agent/config/ ./internal/identity/
 
 fuzz: ## run each validator fuzz target for FUZZTIME (default 20s)
 	@for p in $(FUZZ_PKGS); do \
