@@ -78,8 +78,9 @@ bench: ## run the Go benchmarks and the scenario benchmarks under bench/
 	go run ./bench/dataplane
 	go run ./bench/failover
 
-smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start for real and check grpcurl list
+smoke: $(BIN)/.grpcurl-$(GRPCURL_VERSION) ## run the README quick start and production mode for real (grpcurl, the agent)
 	./.ci/smoke
+	./.ci/smoke-production
 
 clean: ## remove installed tools and the quick starts' data
 	rm -rf $(BIN) halo-data halo-agent-cache
