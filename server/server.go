@@ -164,7 +164,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		if err != nil {
 			return fmt.Errorf("server: --policy: %w", err)
 		}
-		if authz, err = auth.New(auth.Config{TrustDomain: s.cfg.TrustDomain, Policy: policy}); err != nil {
+		if authz, err = auth.New(auth.Config{TrustDomain: s.cfg.TrustDomain, Policy: policy, Logger: s.log.With("component", "auth")}); err != nil {
 			return fmt.Errorf("server: %w", err)
 		}
 	}

@@ -10,6 +10,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -63,6 +64,9 @@ type Config struct {
 	TrustDomain string
 	// Policy gives users their roles.
 	Policy *PolicyFile
+	// Logger gets an audit line for every write allowed and every call
+	// refused, with the caller's identity. Nil: discard.
+	Logger *slog.Logger
 }
 
 // Authorizer checks callers. It expects connections whose client
@@ -78,6 +82,9 @@ func New(cfg Config) (*Authorizer, error) {
 	}
 	if cfg.Policy == nil {
 		return nil, fmt.Errorf("auth: a policy is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Authorizer{cfg: cfg}, nil
 }
@@ -103,35 +110,51 @@ func (a *Authorizer) Identity(ctx context.Context) (identity.ID, error) {
 	return id, nil
 }
 
-// authorize checks the caller against what method needs.
+// authorize checks the caller against what method needs, and keeps an
+// audit line of writes and refusals.
 func (a *Authorizer) authorize(ctx context.Context, method string) error {
+	id, err := a.check(ctx, method)
+	switch {
+	case err != nil:
+		who := "none"
+		if id.Kind != 0 {
+			who = id.String()
+		}
+		a.cfg.Logger.Warn("call refused", "method", method, "identity", who, "error", err)
+	case AccessOf(method) == Write:
+		a.cfg.Logger.Info("write authorized", "method", method, "identity", id.String())
+	}
+	return err
+}
+
+func (a *Authorizer) check(ctx context.Context, method string) (identity.ID, error) {
 	id, err := a.Identity(ctx)
 	if err != nil {
-		return err
+		return id, err
 	}
 	need := AccessOf(method)
 	switch need {
 	case Open:
-		return nil
+		return id, nil
 	case XDS:
 		if id.Kind == identity.Node {
-			return nil
+			return id, nil
 		}
-		return status.Errorf(codes.PermissionDenied, "%s: only node identities (spiffe://%s/cluster/<cluster>/node/<node>) subscribe to xDS", id, a.cfg.TrustDomain)
+		return id, status.Errorf(codes.PermissionDenied, "%s: only node identities (spiffe://%s/cluster/<cluster>/node/<node>) subscribe to xDS", id, a.cfg.TrustDomain)
 	}
 	switch id.Kind {
 	case identity.Replica:
 		if need == Read {
-			return nil
+			return id, nil
 		}
 	case identity.User:
 		role := a.cfg.Policy.Policy().RoleOf(id.Name)
 		if role == Admin || (need == Read && role == ReadOnly) {
-			return nil
+			return id, nil
 		}
-		return status.Errorf(codes.PermissionDenied, "%s (role %s) may not call %s: it needs the %s role", id, role, method, map[Access]Role{Read: ReadOnly, Write: Admin}[need])
+		return id, status.Errorf(codes.PermissionDenied, "%s (role %s) may not call %s: it needs the %s role", id, role, method, map[Access]Role{Read: ReadOnly, Write: Admin}[need])
 	}
-	return status.Errorf(codes.PermissionDenied, "%s may not call %s", id, method)
+	return id, status.Errorf(codes.PermissionDenied, "%s may not call %s", id, method)
 }
 
 // CheckNode is the per-request check of an xDS stream: the caller must be
