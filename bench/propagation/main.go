@@ -161,18 +161,19 @@ func printFailover(rows []failoverRow) {
 	fmt.Println("halo-server failover: replica b killed (SIGKILL) -> every Delta ADS client it had reconnected to replica a, listed in sync there")
 	fmt.Printf("(a and b share a's embedded etcd; clients half on each; a's ListAgents, local_only, polled every %v)\n\n", timedPoll)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "clients\tmode\tmoved\tnew stream p50\tp99\tmax\tin sync on a p50\tp99\tall in sync\tpolls\txDS responses\txDS bytes\tTCP bytes in/client\tout/client\tresponses to a's own\t")
+	fmt.Fprintln(w, "clients\tmode\tmoved\tnew stream p50\tp99\tmax\tin sync on a p50\tp99\tall in sync\tpolls (longest)\txDS responses\txDS bytes\tTCP bytes in/client\tout/client\tresponses to a's own\t")
 	for _, r := range rows {
-		fmt.Fprintf(w, "%d\t%s\t%d\t%v\t%v\t%v\t%v\t%v\t%v\t%d\t%d\t%d\t%d\t%d\t%d\t\n", r.clients, r.mode, r.moved,
+		fmt.Fprintf(w, "%d\t%s\t%d\t%v\t%v\t%v\t%v\t%v\t%v\t%d (%v)\t%d\t%d\t%d\t%d\t%d\t\n", r.clients, r.mode, r.moved,
 			pct(r.reopened, 0.5), pct(r.reopened, 0.99), pct(r.reopened, 1), pct(r.inSync, 0.5), pct(r.inSync, 0.99), r.all.Round(100*time.Microsecond),
-			r.polls, r.responses, r.bytes, r.wireIn/int64(max(r.moved, 1)), r.wireOut/int64(max(r.moved, 1)), r.stayedResponses)
+			r.polls, r.longestPoll.Round(time.Millisecond), r.responses, r.bytes, r.wireIn/int64(max(r.moved, 1)), r.wireOut/int64(max(r.moved, 1)), r.stayedResponses)
 	}
 	w.Flush()
 	fmt.Println()
-	fmt.Println("From the kill: new stream: the client's stream to a open (TCP, TLS, a's HTTP/2 settings received); in sync on a: the first")
-	fmt.Println("poll of a's ListAgents listing it in sync (all in sync: the last of them). xDS responses/bytes: every response the moved")
-	fmt.Println("clients received after the kill (proto.Size); TCP bytes: their new connections' bytes both ways (TLS handshake, HTTP/2")
-	fmt.Println("set-up, the Delta requests naming the versions they hold).")
+	fmt.Println("From the kill: new stream: the client's stream to a open (TCP, TLS, a's HTTP/2 settings received). in sync on a:")
+	fmt.Println("the answer of the first poll of a's ListAgents that lists the client in sync (all in sync: the last of them); one poll")
+	fmt.Println("takes up to the longest shown, the resolution of these columns. xDS responses/bytes: every response the moved clients")
+	fmt.Println("received after the kill (proto.Size). TCP bytes: their new connections' bytes each way (TLS handshake, HTTP/2 set-up,")
+	fmt.Println("the Delta requests naming the versions they hold).")
 	for _, r := range rows {
 		if r.mode == mtls {
 			fmt.Printf("mTLS, %d clients: %d node certificates issued in %v (ECDSA P-256, in parallel).\n", r.clients, r.clients, r.issuing.Round(time.Millisecond))
@@ -180,6 +181,7 @@ func printFailover(rows []failoverRow) {
 	}
 }
 
+// row is one propagation measurement.
 type row struct {
 	mode                 mode
 	serverCPU, clientCPU time.Duration // per write, all clients
