@@ -219,6 +219,11 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		// would add a write and a read per small xDS message.
 		grpc.InitialWindowSize(1 << 20),
 		grpc.InitialConnWindowSize(1 << 20),
+		// gRPC reads a TLS connection through a bufio.Reader of this size,
+		// held for the connection's life (plaintext ones share a pooled
+		// buffer): 8 KiB instead of 32 saves 24 KiB per agent in production
+		// mode; xDS messages are a few hundred bytes.
+		grpc.ReadBufferSize(8 << 10),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	}
