@@ -205,6 +205,7 @@ type runningAgent struct {
 	*agent.Agent
 	cancel context.CancelFunc
 	done   chan error
+	admin  string // the admin listener's host:port (/metrics, /readyz)
 }
 
 func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
@@ -223,10 +224,28 @@ func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
+	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1), admin: ln.Addr().String()}
 	go func() { r.done <- a.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r
+}
+
+// putMasterAndWorker registers, through tc, cluster with its local LB on
+// nsp, a master "m" on 127.0.0.<base> and a worker "w" on 127.0.0.<base+1>.
+func putMasterAndWorker(t *testing.T, tc halov1.TopologyServiceClient, cluster string, nsp uint16, base int) {
+	t.Helper()
+	ctx := ctxT(t)
+	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: cluster, Apiserver: &halov1.ApiServer{LocalLbPort: uint32(nsp)}}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*halov1.Node{
+		{Cluster: cluster, Name: "m", Ip: fmt.Sprintf("127.0.0.%d", base), Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}},
+		{Cluster: cluster, Name: "w", Ip: fmt.Sprintf("127.0.0.%d", base+1), Roles: []halov1.Role{halov1.Role_ROLE_WORKER}},
+	} {
+		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func (r *runningAgent) stop() {
@@ -638,20 +657,8 @@ func TestTLSToServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	tc := halov1.NewTopologyServiceClient(conn)
-	ctx := ctxT(t)
 	nsp := freePort(t, "127.0.0.1")
-	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "tls", Apiserver: &halov1.ApiServer{LocalLbPort: uint32(nsp)}}}); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []*halov1.Node{
-		{Cluster: "tls", Name: "m", Ip: "127.0.0.31", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}},
-		{Cluster: "tls", Name: "w", Ip: "127.0.0.32", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}},
-	} {
-		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putMasterAndWorker(t, halov1.NewTopologyServiceClient(conn), "tls", nsp, 31)
 	a := startAgent(t, agent.Config{Servers: []string{s.Addr}, Cluster: "tls", Node: "w", TLS: tlsCfg.Clone()})
 	poll(t, "agent ready over TLS", func() error { return a.Ready() })
 	if addr, ok := a.Proxy().Addr(snapshot.ListenerAPIServerLocal); !ok || addr.Port() != nsp {

@@ -71,20 +71,9 @@ func TestProductionModeAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	tc := halov1.NewTopologyServiceClient(conn)
 	ctx := ctxT(t)
 	nsp := freePort(t, "127.0.0.1")
-	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{LocalLbPort: uint32(nsp)}}}); err != nil {
-		t.Fatal(err)
-	}
-	for _, n := range []*halov1.Node{
-		{Cluster: "prod", Name: "m", Ip: "127.0.0.41", Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}},
-		{Cluster: "prod", Name: "w", Ip: "127.0.0.42", Roles: []halov1.Role{halov1.Role_ROLE_WORKER}},
-	} {
-		if _, err := tc.PutNode(ctx, &halov1.PutNodeRequest{Node: n}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putMasterAndWorker(t, halov1.NewTopologyServiceClient(conn), "prod", nsp, 41)
 
 	// What halo-agent --tls-ca --tls-cert --tls-key --tls-server-name builds.
 	src, err := certfile.New(certfile.Options{CAFile: filepath.Join(dir, "ca.crt"), CertFile: filepath.Join(dir, "node.crt"),

@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
@@ -46,7 +44,7 @@ func TestAgentSurvivesItsReplica(t *testing.T) {
 		replicas[name] = servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.ReplicaName = name })
 	}
 	e := newReplicasEnv(t, replicas["replica-a"])
-	a, admin := startAgentWithAdmin(t, agent.Config{Servers: []string{replicas["replica-a"].Addr, replicas["replica-b"].Addr},
+	a := startAgent(t, agent.Config{Servers: []string{replicas["replica-a"].Addr, replicas["replica-b"].Addr},
 		Cluster: clusterName, Node: "worker-1"})
 	poll(t, "agent ready", func() error { return a.Ready() })
 	poll(t, "three masters", wantHosts(a, 1, 2, 3))
@@ -112,7 +110,7 @@ func TestAgentSurvivesItsReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	acked := ackedVersions(on)
-	updates, reconnects := agentMetric(t, admin, "halo_agent_xds_updates_total"), agentMetric(t, admin, "halo_agent_xds_reconnects_total")
+	updates, reconnects := agentMetric(t, a.admin, "halo_agent_xds_updates_total"), agentMetric(t, a.admin, "halo_agent_xds_reconnects_total")
 
 	// A connection opened before.
 	kept := e.dialKept()
@@ -177,10 +175,10 @@ func TestAgentSurvivesItsReplica(t *testing.T) {
 		if st.GetReplica() != toName || !st.GetInSync() {
 			return fmt.Errorf("not in sync on %s: %v", toName, st)
 		}
-		if n := agentMetric(t, admin, "halo_agent_xds_reconnects_total"); n <= reconnects {
+		if n := agentMetric(t, a.admin, "halo_agent_xds_reconnects_total"); n <= reconnects {
 			return fmt.Errorf("reconnects %v", n)
 		}
-		if n := agentMetric(t, admin, "halo_agent_xds_connected"); n != 1 {
+		if n := agentMetric(t, a.admin, "halo_agent_xds_connected"); n != 1 {
 			return fmt.Errorf("halo_agent_xds_connected %v", n)
 		}
 		return nil
@@ -199,7 +197,7 @@ func TestAgentSurvivesItsReplica(t *testing.T) {
 	if n := failed.Load(); n > 0 {
 		t.Errorf("%d requests through the agent failed while its replica stopped; the first: %v", n, firstErr)
 	}
-	if n := agentMetric(t, admin, "halo_agent_xds_updates_total"); n != updates {
+	if n := agentMetric(t, a.admin, "halo_agent_xds_updates_total"); n != updates {
 		t.Errorf("the agent handled %v xDS updates after moving to %s: it was sent again what it had", n-updates, toName)
 	}
 	st, err := agentStatus(t, to, true, "halo-agent")
@@ -246,30 +244,6 @@ func newReplicasEnv(t *testing.T, srv *servertest.Server) *env {
 		t.Fatal(err)
 	}
 	return e
-}
-
-// startAgentWithAdmin is startAgent that also returns the agent's admin
-// address (/metrics).
-func startAgentWithAdmin(t *testing.T, cfg agent.Config) (*runningAgent, string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.AdminListener = ln
-	if cfg.Logger == nil {
-		cfg.Logger = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	}
-	a, err := agent.New(cfg)
-	if err != nil {
-		ln.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- a.Run(ctx) }()
-	t.Cleanup(r.stop)
-	return r, ln.Addr().String()
 }
 
 // agentStatus is worker-1's one stream whose user agent starts with ua, as
