@@ -3,10 +3,7 @@ package server_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"maps"
-	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -222,9 +219,11 @@ func TestXDSCatchesUpAfterCompaction(t *testing.T) {
 		t.Skip("etcd outage test")
 	}
 	etcd := servertest.NewEtcd(t)
-	link := newCuttableProxy(t, strings.TrimPrefix(etcd.Endpoint, "unix://"))
+	socket := strings.TrimPrefix(etcd.Endpoint, "unix://")
+	link := servertest.NewForwarder(t)
+	link.SetTarget("unix", socket)
 	logs := &logRecorder{}
-	a := servertest.New(t, servertest.WithEtcdEndpoints("http://"+link.addr()), func(c *server.Config) {
+	a := servertest.New(t, servertest.WithEtcdEndpoints(link.URL()), func(c *server.Config) {
 		c.ReplicaName, c.EtcdRequestTimeout, c.ReplicaTTL = "replica-a", time.Second, 2*time.Second
 		c.Logger = slog.New(&recordingHandler{Handler: c.Logger.Handler(), r: logs})
 	})
@@ -254,7 +253,7 @@ func TestXDSCatchesUpAfterCompaction(t *testing.T) {
 	}
 	poll(t, "b lists a's node", func() bool { return listedOn("replica-a") })
 
-	link.cut()
+	link.Cut()
 	waitHealth(t, healthpb.NewHealthClient(a.Conn), "", healthpb.HealthCheckResponse_NOT_SERVING)
 	_, err := halov1.NewTopologyServiceClient(a.Conn).PutNode(ctxT(t), &halov1.PutNodeRequest{Node: newNode("local", "cut-off", "127.0.0.59", 0, wk)})
 	wantCode(t, err, codes.Unavailable)
@@ -287,7 +286,7 @@ func TestXDSCatchesUpAfterCompaction(t *testing.T) {
 		t.Fatalf("while cut off, a's node went from %v to %v", held, got)
 	}
 
-	link.restore()
+	link.SetTarget("unix", socket)
 	waitHealth(t, healthpb.NewHealthClient(a.Conn), "", healthpb.HealthCheckResponse_SERVING)
 	for _, c := range []*adstest.Client{onA, late} {
 		waitFor(t, c, "b's change on a", apiservers(t, current...))
@@ -346,86 +345,4 @@ func (h *recordingHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h *recordingHandler) WithGroup(name string) slog.Handler {
 	return &recordingHandler{Handler: h.Handler.WithGroup(name), r: h.r}
-}
-
-// cuttableProxy forwards TCP connections on 127.0.0.1 to a unix socket (an
-// embedded etcd's), and can cut the link: open connections are closed and
-// new ones are closed as soon as they are accepted, as a network partition
-// looks to the side that dials.
-type cuttableProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func newCuttableProxy(t *testing.T, socket string) *cuttableProxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cuttableProxy{ln: ln, target: socket, conns: map[net.Conn]bool{}}
-	p.wg.Go(p.serve)
-	t.Cleanup(func() {
-		ln.Close()
-		p.cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *cuttableProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *cuttableProxy) serve() {
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		up, err := net.Dial("unix", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		p.mu.Lock()
-		if p.down {
-			p.mu.Unlock()
-			c.Close()
-			up.Close()
-			continue
-		}
-		p.conns[c], p.conns[up] = true, true
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			p.mu.Lock()
-			delete(p.conns, dst)
-			delete(p.conns, src)
-			p.mu.Unlock()
-		}
-		p.wg.Go(func() { pipe(up, c) })
-		p.wg.Go(func() { pipe(c, up) })
-	}
-}
-
-// cut closes every open connection and every new one until restore.
-func (p *cuttableProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range slices.Collect(maps.Keys(p.conns)) {
-		c.Close()
-	}
-}
-
-// restore lets connections through again.
-func (p *cuttableProxy) restore() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = false
 }

@@ -3,10 +3,7 @@ package servertest
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"maps"
-	"net"
 	"net/url"
 	"path/filepath"
 	"slices"
@@ -46,7 +43,7 @@ type EtcdCluster struct {
 // clusterMember is one member; e is nil once it is stopped.
 type clusterMember struct {
 	name         string
-	client, peer *forwarder
+	client, peer *Forwarder
 	id           uint64 // raft member ID, known once started
 	e            *embed.Etcd
 	closing      *atomic.Bool
@@ -85,7 +82,7 @@ func (c *EtcdCluster) start(n int, dir string) error {
 			return err
 		}
 		c.members = append(c.members, m)
-		initial = append(initial, m.name+"="+m.peer.url())
+		initial = append(initial, m.name+"="+m.peer.URL())
 	}
 	token := fmt.Sprintf("halo-test-%d", time.Now().UnixNano())
 	for _, m := range c.members {
@@ -93,8 +90,8 @@ func (c *EtcdCluster) start(n int, dir string) error {
 		ec.Name = m.name
 		ec.Dir = filepath.Join(dir, m.name)
 		any0 := url.URL{Scheme: "http", Host: "127.0.0.1:0"}
-		cu, _ := url.Parse(m.client.url())
-		pu, _ := url.Parse(m.peer.url())
+		cu, _ := url.Parse(m.client.URL())
+		pu, _ := url.Parse(m.peer.URL())
 		ec.ListenClientUrls, ec.AdvertiseClientUrls = []url.URL{any0}, []url.URL{*cu}
 		ec.ListenPeerUrls, ec.AdvertisePeerUrls = []url.URL{any0}, []url.URL{*pu}
 		ec.InitialCluster = strings.Join(initial, ",")
@@ -116,8 +113,8 @@ func (c *EtcdCluster) start(n int, dir string) error {
 		if len(e.Clients) != 1 || len(e.Peers) != 1 {
 			return fmt.Errorf("member %s: %d client and %d peer listeners, want one each", m.name, len(e.Clients), len(e.Peers))
 		}
-		m.client.setTarget(e.Clients[0].Addr().String())
-		m.peer.setTarget(e.Peers[0].Addr().String())
+		m.client.SetTarget("tcp", e.Clients[0].Addr().String())
+		m.peer.SetTarget("tcp", e.Peers[0].Addr().String())
 	}
 	timer := time.NewTimer(clusterStartTimeout)
 	defer timer.Stop()
@@ -160,7 +157,7 @@ func (c *EtcdCluster) Endpoints() []string {
 	var out []string
 	for _, m := range c.members {
 		if m.e != nil {
-			out = append(out, m.client.url())
+			out = append(out, m.client.URL())
 		}
 	}
 	return out
@@ -170,7 +167,7 @@ func (c *EtcdCluster) Endpoints() []string {
 func (c *EtcdCluster) Endpoint(i int) string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.members[i].client.url()
+	return c.members[i].client.URL()
 }
 
 // StopMember stops member i as a crash would: every connection to it
@@ -199,8 +196,8 @@ func (c *EtcdCluster) crash(m *clusterMember) {
 		m.e = nil
 		c.mu.Unlock()
 		m.closing.Store(true)
-		m.client.cut()
-		m.peer.cut()
+		m.client.Cut()
+		m.peer.Cut()
 		if e == nil {
 			return
 		}
@@ -264,92 +261,6 @@ func (c *EtcdCluster) stopAll() {
 		m.client.close()
 		m.peer.close()
 	}
-}
-
-// forwarder accepts TCP connections on 127.0.0.1 and relays each to its
-// target; with no target (not started yet, or cut) it closes them at once.
-type forwarder struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	target string
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-}
-
-func newForwarder() (*forwarder, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("forwarder: %w", err)
-	}
-	f := &forwarder{ln: ln, conns: map[net.Conn]bool{}}
-	f.wg.Go(f.serve)
-	return f, nil
-}
-
-func (f *forwarder) url() string { return "http://" + f.ln.Addr().String() }
-
-func (f *forwarder) setTarget(addr string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.target = addr
-}
-
-func (f *forwarder) serve() {
-	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		f.mu.Lock()
-		target := f.target
-		f.mu.Unlock()
-		if target == "" {
-			c.Close()
-			continue
-		}
-		up, err := net.DialTimeout("tcp", target, 5*time.Second)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		f.mu.Lock()
-		if f.target != target {
-			f.mu.Unlock()
-			c.Close()
-			up.Close()
-			continue
-		}
-		f.conns[c], f.conns[up] = true, true
-		f.mu.Unlock()
-		relay := func(dst, src net.Conn) {
-			io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-			f.mu.Lock()
-			delete(f.conns, dst)
-			delete(f.conns, src)
-			f.mu.Unlock()
-		}
-		f.wg.Go(func() { relay(up, c) })
-		f.wg.Go(func() { relay(c, up) })
-	}
-}
-
-// cut closes every relayed connection, and every new one from now on.
-func (f *forwarder) cut() {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.target = ""
-	for _, c := range slices.Collect(maps.Keys(f.conns)) {
-		c.Close()
-	}
-}
-
-// close cuts and stops accepting, and waits for its goroutines.
-func (f *forwarder) close() {
-	f.ln.Close()
-	f.cut()
-	f.wg.Wait()
 }
 
 // WithEtcdEndpoints points a server at an external etcd by its client URLs
