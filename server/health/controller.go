@@ -87,15 +87,18 @@ func (c *Controller) lead(ctx context.Context) {
 		all, rev, err := c.cfg.Store.LoadAll(ctx)
 		if err == nil {
 			retry.Reset()
-			p.Set(c.backends(all, clients))
-			err = c.cfg.Store.Watch(ctx, "", rev+1, func(*halov1.WatchEvent) error {
-				// Topology or health changed: recompute from a fresh read
-				// (cheap next to a probe; keeps one code path).
+			probed := probedNodes(p.Set, c.backends(all, clients))
+			err = c.cfg.Store.Watch(ctx, "", rev+1, func(ev *halov1.WatchEvent) error {
+				if !concernsBackends(ev, probed) {
+					return nil // a worker, or a health transition (ours)
+				}
+				// A cluster, a master or an etcd member changed: recompute
+				// from a fresh read (rare; keeps one code path).
 				all, _, err := c.cfg.Store.LoadAll(ctx)
 				if err != nil {
 					return err
 				}
-				p.Set(c.backends(all, clients))
+				probed = probedNodes(p.Set, c.backends(all, clients))
 				return nil
 			})
 		}
@@ -107,6 +110,38 @@ func (c *Controller) lead(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// probedNodes hands bs to set and returns the nodes they are on
+// (cluster/node).
+func probedNodes(set func([]Backend), bs []Backend) map[string]bool {
+	set(bs)
+	m := make(map[string]bool, len(bs))
+	for _, b := range bs {
+		m[b.Cluster+"/"+b.Node] = true
+	}
+	return m
+}
+
+// concernsBackends reports whether a watch event can change what is
+// probed: a cluster (ports, probe settings, credentials), or a node that is
+// or was a master or an etcd member. Workers, which are nearly every node,
+// and health transitions are not: at 10,000 nodes a registration must not
+// cost the prober a reload of the whole topology.
+func concernsBackends(ev *halov1.WatchEvent, probed map[string]bool) bool {
+	for _, ch := range ev.GetChanges() {
+		switch o := ch.GetObject().(type) {
+		case *halov1.Change_Cluster:
+			return true
+		case *halov1.Change_Node:
+			n := o.Node
+			if probed[n.GetCluster()+"/"+n.GetName()] ||
+				topology.HasRole(n, halov1.Role_ROLE_CONTROL_PLANE) || topology.HasRole(n, halov1.Role_ROLE_ETCD) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // write stores a transition, retrying briefly while etcd is unavailable.
