@@ -7,12 +7,13 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/halolb/halo/bench/internal/proxyproc"
 )
 
 // buildServer builds halo-server into a temporary directory.
@@ -21,12 +22,10 @@ func buildServer() (string, func(), error) {
 	if err != nil {
 		return "", nil, err
 	}
-	bin := filepath.Join(dir, "halo-server")
-	cmd := exec.Command("go", "build", "-o", bin, "./server/cmd/halo-server")
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	if err := cmd.Run(); err != nil {
+	bin, err := proxyproc.Build(dir, "./server/cmd/halo-server")
+	if err != nil {
 		os.RemoveAll(dir)
-		return "", nil, fmt.Errorf("build halo-server (run from the repository root): %w", err)
+		return "", nil, fmt.Errorf("%w (run from the repository root)", err)
 	}
 	return bin, func() { os.RemoveAll(dir) }, nil
 }

@@ -87,7 +87,9 @@ func (c *Controller) lead(ctx context.Context) {
 		all, rev, err := c.cfg.Store.LoadAll(ctx)
 		if err == nil {
 			retry.Reset()
-			probed := probedNodes(p.Set, c.backends(all, clients))
+			bs := c.backends(all, clients)
+			p.Set(bs)
+			probed := nodesOf(bs)
 			err = c.cfg.Store.Watch(ctx, "", rev+1, func(ev *halov1.WatchEvent) error {
 				if !concernsBackends(ev, probed) {
 					return nil // a worker, or a health transition (ours)
@@ -98,7 +100,9 @@ func (c *Controller) lead(ctx context.Context) {
 				if err != nil {
 					return err
 				}
-				probed = probedNodes(p.Set, c.backends(all, clients))
+				bs := c.backends(all, clients)
+				p.Set(bs)
+				probed = nodesOf(bs)
 				return nil
 			})
 		}
@@ -112,10 +116,8 @@ func (c *Controller) lead(ctx context.Context) {
 	}
 }
 
-// probedNodes hands bs to set and returns the nodes they are on
-// (cluster/node).
-func probedNodes(set func([]Backend), bs []Backend) map[string]bool {
-	set(bs)
+// nodesOf returns the nodes bs are on (cluster/node).
+func nodesOf(bs []Backend) map[string]bool {
 	m := make(map[string]bool, len(bs))
 	for _, b := range bs {
 		m[b.Cluster+"/"+b.Node] = true
