@@ -37,8 +37,8 @@ import (
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/internal/waitfor"
-	"github.com/halolb/halo/server/ads"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 )
 
@@ -560,13 +560,13 @@ func tampered(t *testing.T, name string, m proto.Message, clusters []string) *sn
 	return &snapshot.Resource{Name: name, Version: "tampered-" + name, Message: m, Any: body, Clusters: clusters}
 }
 
-// pushTampered publishes, through the server's hub, worker-1's resources
+// pushTampered publishes, through the server's snapshot cache, worker-1's resources
 // with one resource replaced by what change returns. halo-server never
 // builds such resources itself; another control plane (or a bug) could.
 func pushTampered(t *testing.T, e *env, change func(*testing.T, *snapshot.Snapshot) *snapshot.Resource) {
 	t.Helper()
-	hub := e.srv.Server().Hub()
-	view := hub.Lookup(clusterName, "worker-1")
+	cache := e.srv.Server().Cache()
+	view := cache.Lookup(clusterName, "worker-1")
 	if view.Snapshot == nil {
 		t.Fatalf("no snapshot for worker-1: %s", view.Condition)
 	}
@@ -584,7 +584,7 @@ func pushTampered(t *testing.T, e *env, change func(*testing.T, *snapshot.Snapsh
 		}
 		snap.Versions[typ] = snapshot.TypeVersion(versions)
 	}
-	hub.Publish(clusterName, ads.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
+	cache.Publish(clusterName, snapcache.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
 }
 
 // TestBootstrapHandsOverToServer: an agent with no cache serves

@@ -17,7 +17,7 @@ import (
 
 	"github.com/halolb/halo/internal/certfile"
 	"github.com/halolb/halo/internal/identity"
-	probes "github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
@@ -145,7 +145,7 @@ func (c Config) withDefaults() Config {
 		c.TrustDomain = identity.DefaultTrustDomain
 	}
 	if c.ProbeElectionTTL == 0 {
-		c.ProbeElectionTTL = probes.DefaultElectionTTL
+		c.ProbeElectionTTL = prober.DefaultElectionTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -41,9 +41,10 @@ import (
 	"github.com/halolb/halo/server/api"
 	"github.com/halolb/halo/server/auth"
 	"github.com/halolb/halo/server/embedetcd"
-	probes "github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/publisher"
 	"github.com/halolb/halo/server/replicas"
+	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/store"
 )
 
@@ -53,7 +54,7 @@ type Server struct {
 	tls   *tls.Config
 	log   *slog.Logger
 	ready chan struct{}
-	hub   *ads.Hub
+	cache *snapcache.Cache
 
 	mu          sync.Mutex
 	addr        net.Addr
@@ -71,14 +72,14 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	return &Server{cfg: cfg, tls: tlsCfg, log: cfg.Logger, ready: make(chan struct{}), hub: ads.NewHub()}, nil
+	return &Server{cfg: cfg, tls: tlsCfg, log: cfg.Logger, ready: make(chan struct{}), cache: snapcache.New()}, nil
 }
 
-// Hub holds what the server's xDS streams serve. The publisher keeps it
+// Cache holds what the server's xDS streams serve. The publisher keeps it
 // in step with the topology; an embedder (or a test) may publish a
 // snapshot of its own through it, which lasts until the cluster's next
 // topology change.
-func (s *Server) Hub() *ads.Hub { return s.hub }
+func (s *Server) Cache() *snapcache.Cache { return s.cache }
 
 // Ready is closed once the server accepts gRPC calls.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
@@ -157,7 +158,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	defer endStreams()
 	registry := prometheus.NewRegistry()
 	replica, advertise := s.cfg.identity(lis.Addr())
-	hub := s.hub
+	cache := s.cache
 	var authz *auth.Authorizer
 	if s.cfg.ClientCAFile != "" {
 		policy, err := auth.LoadPolicyFile(s.cfg.PolicyFile, s.log.With("component", "auth"))
@@ -168,7 +169,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			return fmt.Errorf("server: %w", err)
 		}
 	}
-	adsCfg := ads.Config{Hub: hub, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry}
+	adsCfg := ads.Config{Cache: cache, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry}
 	if authz != nil {
 		adsCfg.Authorize = authz.CheckNode
 	}
@@ -176,7 +177,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	pub, err := publisher.New(publisher.Config{Store: st, Hub: hub, Logger: s.log.With("component", "publisher"), Registerer: registry})
+	pub, err := publisher.New(publisher.Config{Store: st, Cache: cache, Logger: s.log.With("component", "publisher"), Registerer: registry})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -185,8 +186,8 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	prober, err := probes.NewController(probes.ControllerConfig{Store: st, Logger: s.log.With("component", "prober"),
-		Election: &probes.Election{Client: client, Prefix: s.cfg.EtcdPrefix, Name: replica, TTL: s.cfg.ProbeElectionTTL, Logger: s.log.With("component", "prober")}})
+	probes, err := prober.NewController(prober.ControllerConfig{Store: st, Logger: s.log.With("component", "prober"),
+		Election: &prober.Election{Client: client, Prefix: s.cfg.EtcdPrefix, Name: replica, TTL: s.cfg.ProbeElectionTTL, Logger: s.log.With("component", "prober")}})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
@@ -200,7 +201,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			return replicas.List(ctx, client, s.cfg.EtcdPrefix)
 		},
 		ProbeLeader: func(ctx context.Context) (string, error) {
-			return probes.Leader(ctx, client, s.cfg.EtcdPrefix)
+			return prober.Leader(ctx, client, s.cfg.EtcdPrefix)
 		}})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -302,7 +303,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	g.Go(func() error { return pub.Run(gctx) })
 	g.Go(func() error { return adsSrv.Run(gctx) })
 	g.Go(func() error { return reg.Run(gctx) })
-	g.Go(func() error { return prober.Run(gctx) })
+	g.Go(func() error { return probes.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")

@@ -1,6 +1,6 @@
 // Package ads serves Envoy's Aggregated Discovery Service, Delta and
 // state-of-the-world, to halo agents and to Envoy: every node gets the
-// snapshot of its profile from the Hub, the moment it is published.
+// snapshot of its profile from the snapshot cache, the moment it is published.
 //
 // It is halo's own implementation of the ADS protocol on go-control-plane's
 // types, rather than go-control-plane's server and SnapshotCache, because
@@ -32,13 +32,14 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 )
 
 // Config configures a Server.
 type Config struct {
-	// Hub is where snapshots are published. Required.
-	Hub *Hub
+	// Cache is where snapshots are published. Required.
+	Cache *snapcache.Cache
 	// Replica names this halo-server in agent status.
 	Replica string
 	// Logger receives the server's logs. Nil: discard.
@@ -81,8 +82,8 @@ type Server struct {
 
 // New returns a Server. Run must run for publications to reach streams.
 func New(cfg Config) (*Server, error) {
-	if cfg.Hub == nil {
-		return nil, errors.New("ads: Config.Hub is required")
+	if cfg.Cache == nil {
+		return nil, errors.New("ads: Config.Cache is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -97,7 +98,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, metrics: m, streams: map[int64]*stream{},
 		byCluster: map[string]map[*stream]bool{}, byNode: map[string]map[*stream]bool{}}
 	s.qcond = sync.NewCond(&s.qmu)
-	cfg.Hub.Subscribe(s.changed)
+	cfg.Cache.Subscribe(s.changed)
 	return s, nil
 }
 
@@ -131,7 +132,7 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
-// changed is the hub's subscriber: it queues the streams a change concerns.
+// changed is the snapshot cache's subscriber: it queues the streams a change concerns.
 func (s *Server) changed(cluster, node string) {
 	s.mu.Lock()
 	set := s.byCluster[cluster]
@@ -311,7 +312,7 @@ func (s *Server) receive(ctx context.Context, str *stream, recv func() (*request
 func (s *Server) handle(str *stream, req *request) error {
 	str.turn.Lock()
 	defer str.turn.Unlock()
-	view := s.cfg.Hub.Lookup(str.cluster, str.nodeName)
+	view := s.cfg.Cache.Lookup(str.cluster, str.nodeName)
 	str.st.mu.Lock()
 	n := str.st.handle(req, view.Snapshot, time.Now())
 	due := str.st.decide(view, time.Now())
@@ -331,7 +332,7 @@ func (s *Server) push(str *stream) error {
 	}
 	str.turn.Lock()
 	defer str.turn.Unlock()
-	view := s.cfg.Hub.Lookup(str.cluster, str.nodeName)
+	view := s.cfg.Cache.Lookup(str.cluster, str.nodeName)
 	str.st.mu.Lock()
 	due := str.st.decide(view, time.Now())
 	str.st.mu.Unlock()

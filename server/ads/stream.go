@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 )
 
@@ -168,7 +169,7 @@ type state struct {
 	delta bool
 	types map[string]*typeState
 	nonce int64
-	view  View
+	view  snapcache.View
 	// unresolved: some acked resource's content is not known yet.
 	unresolved bool
 	// lastSnap is the snapshot the last evaluation saw; dirty says the
@@ -343,7 +344,7 @@ func (st *state) clustersInUse() (map[string]bool, bool) {
 }
 
 // decide records the node's view and decides the responses due under it.
-func (st *state) decide(view View, now time.Time) []*response {
+func (st *state) decide(view snapcache.View, now time.Time) []*response {
 	st.view = view
 	if view.Snapshot == nil {
 		return nil

@@ -1,6 +1,6 @@
 // Package publisher keeps every node's xDS snapshot in step with the
 // topology in etcd: it loads everything once, builds each cluster's
-// snapshots, publishes them to the ADS hub, and then follows etcd's watch,
+// snapshots, publishes them to the snapshot cache, and then follows etcd's watch,
 // rebuilding only the clusters a change affects (a worker joining only
 // moves that node to its profile). After a compaction or a broken watch it
 // loads everything again, so no change is ever missed.
@@ -21,7 +21,7 @@ import (
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/backoff"
-	"github.com/halolb/halo/server/ads"
+	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/store"
 	"github.com/halolb/halo/server/topology"
@@ -31,8 +31,8 @@ import (
 type Config struct {
 	// Store is the topology. Required.
 	Store *store.Store
-	// Hub receives the snapshots. Required.
-	Hub *ads.Hub
+	// Cache receives the snapshots. Required.
+	Cache *snapcache.Cache
 	// Logger receives the publisher's logs. Nil: discard.
 	Logger *slog.Logger
 	// Registerer receives its metrics. Nil: none.
@@ -86,8 +86,8 @@ func (m *model) healthOf(_, node string, kind halov1.BackendKind) corev3.HealthS
 
 // New returns a Publisher. It starts nothing.
 func New(cfg Config) (*Publisher, error) {
-	if cfg.Store == nil || cfg.Hub == nil {
-		return nil, errors.New("publisher: Config.Store and Config.Hub are required")
+	if cfg.Store == nil || cfg.Cache == nil {
+		return nil, errors.New("publisher: Config.Store and Config.Cache are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -134,7 +134,7 @@ func (p *Publisher) replaceAll(all map[string]*store.ClusterTopology) {
 	for name := range p.clusters {
 		if all[name] == nil {
 			delete(p.clusters, name)
-			p.cfg.Hub.Remove(name)
+			p.cfg.Cache.Remove(name)
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(all)) {
@@ -167,7 +167,7 @@ func (p *Publisher) apply(ev *halov1.WatchEvent) error {
 			if del {
 				delete(p.clusters, name)
 				delete(rebuild, name)
-				p.cfg.Hub.Remove(name)
+				p.cfg.Cache.Remove(name)
 				continue
 			}
 			m := p.clusters[name]
@@ -224,7 +224,7 @@ func (p *Publisher) apply(ev *halov1.WatchEvent) error {
 		if n := m.nodes[mv.node]; n != nil {
 			profile = m.result.ProfileOf(n)
 		}
-		p.cfg.Hub.SetNode(mv.cluster, mv.node, profile)
+		p.cfg.Cache.SetNode(mv.cluster, mv.node, profile)
 	}
 	return nil
 }
@@ -246,7 +246,7 @@ func (p *Publisher) publish(name string, m *model) {
 	m.result = r
 	// A profile whose content did not change keeps its snapshot, so that
 	// its streams see nothing new and do no work.
-	published, _ := p.cfg.Hub.Profiles(name)
+	published, _ := p.cfg.Cache.Profiles(name)
 	for profile, snap := range r.Snapshots {
 		if old := published[profile]; snap.Same(old) {
 			r.Snapshots[profile] = old
@@ -256,7 +256,7 @@ func (p *Publisher) publish(name string, m *model) {
 	for _, n := range nodes {
 		profiles[n.GetName()] = r.ProfileOf(n)
 	}
-	p.cfg.Hub.Publish(name, ads.Update{Snapshots: r.Snapshots, Held: r.Held, Nodes: profiles})
+	p.cfg.Cache.Publish(name, snapcache.Update{Snapshots: r.Snapshots, Held: r.Held, Nodes: profiles})
 	p.metrics.builds.Inc()
 	p.metrics.held.WithLabelValues(name).Set(float64(len(r.Held)))
 

@@ -18,7 +18,7 @@ import (
 	"github.com/halolb/halo/internal/identity"
 	"github.com/halolb/halo/internal/version"
 	"github.com/halolb/halo/server"
-	probes "github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/store"
 )
@@ -83,7 +83,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&cfg.AdvertiseAddress, "advertise-address", "",
 		"`host:port` where other replicas and Envoy reach this replica (default: --listen, or <hostname>:<port> when listening on all addresses)")
 	fs.DurationVar(&cfg.ReplicaTTL, "replica-ttl", replicas.DefaultTTL, "how long a replica that stopped without a word stays listed (its etcd lease)")
-	fs.DurationVar(&cfg.ProbeElectionTTL, "probe-election-ttl", probes.DefaultElectionTTL,
+	fs.DurationVar(&cfg.ProbeElectionTTL, "probe-election-ttl", prober.DefaultElectionTTL,
 		"TTL of the etcd session that elects the one replica probing the backends: a prober that dies is replaced within it")
 	fs.StringVar(&cfg.DataDir, "data-dir", server.DefaultDataDir,
 		"`directory` of the embedded etcd (used without --etcd-endpoints); its client socket is <dir>/etcd.sock")

@@ -1,4 +1,4 @@
-package health_test
+package prober_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/halolb/halo/internal/waitfor"
-	"github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -24,7 +24,7 @@ func startReplica(t *testing.T, e *servertest.Etcd, name string) *replica {
 	t.Helper()
 	// A client of its own, closed before etcd stops: a lease keepalive
 	// stream left open on a shared client holds up etcd's shutdown.
-	el := &health.Election{Client: servertest.EtcdClient(t, e.Endpoint), Prefix: "/halo/v1/", Name: name, TTL: time.Second}
+	el := &prober.Election{Client: servertest.EtcdClient(t, e.Endpoint), Prefix: "/halo/v1/", Name: name, TTL: time.Second}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &replica{cancel: cancel, done: make(chan error, 1)}
 	go func() {
@@ -64,7 +64,7 @@ func TestElectionOneLeaderAndFailover(t *testing.T) {
 	eventually(t, "a leads", a.leading.Load)
 	b := startReplica(t, e, "b")
 	leader := func() string {
-		n, err := health.Leader(context.Background(), e.Client, "/halo/v1/")
+		n, err := prober.Leader(context.Background(), e.Client, "/halo/v1/")
 		if err != nil {
 			t.Fatal(err)
 		}

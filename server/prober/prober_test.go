@@ -1,4 +1,4 @@
-package health_test
+package prober_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/halolb/halo/internal/waitfor"
-	"github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 )
 
 // switchable is a TLS apiserver whose readiness a test flips.
@@ -40,17 +40,17 @@ func newSwitchable(t *testing.T) *switchable {
 // transitions records what the prober reports.
 type transitions struct {
 	mu  sync.Mutex
-	got []health.Transition
+	got []prober.Transition
 }
 
-func (r *transitions) add(t health.Transition) {
+func (r *transitions) add(t prober.Transition) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.got = append(r.got, t)
 }
 
 // last returns node's last reported state.
-func (r *transitions) last(node string) (health.State, bool) {
+func (r *transitions) last(node string) (prober.State, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for i := len(r.got) - 1; i >= 0; i-- {
@@ -58,10 +58,10 @@ func (r *transitions) last(node string) (health.State, bool) {
 			return r.got[i].State, true
 		}
 	}
-	return health.Unknown, false
+	return prober.Unknown, false
 }
 
-func waitState(t *testing.T, r *transitions, node string, want health.State) {
+func waitState(t *testing.T, r *transitions, node string, want prober.State) {
 	t.Helper()
 	waitfor.Nil(t, 10*time.Second, node+" "+want.String(), func() error {
 		if st, ok := r.last(node); !ok || st != want {
@@ -72,17 +72,17 @@ func waitState(t *testing.T, r *transitions, node string, want health.State) {
 }
 
 func TestProberFollowsBackends(t *testing.T) {
-	settings := health.Settings{Interval: 30 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}
+	settings := prober.Settings{Interval: 30 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}
 	up := newSwitchable(t)
 	flip := newSwitchable(t)
 	hungURL := hung(t)
 	rec := &transitions{}
-	p := health.NewProber(health.Config{OnTransition: rec.add})
+	p := prober.NewProber(prober.Config{OnTransition: rec.add})
 	client := insecure() // one client: Set restarts a backend whose client changed
-	backend := func(node, url string) health.Backend {
-		return health.Backend{Key: health.Key{Cluster: "c", Node: node}, Target: health.Target{URL: url}, Client: client, Settings: settings}
+	backend := func(node, url string) prober.Backend {
+		return prober.Backend{Key: prober.Key{Cluster: "c", Node: node}, Target: prober.Target{URL: url}, Client: client, Settings: settings}
 	}
-	bs := []health.Backend{backend("up", up.URL+"/readyz"), backend("flip", flip.URL+"/readyz"), backend("hung", hungURL)}
+	bs := []prober.Backend{backend("up", up.URL+"/readyz"), backend("flip", flip.URL+"/readyz"), backend("hung", hungURL)}
 	p.Set(bs)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -94,20 +94,20 @@ func TestProberFollowsBackends(t *testing.T) {
 		}
 	}()
 
-	waitState(t, rec, "up", health.Healthy)
-	waitState(t, rec, "flip", health.Healthy)
-	waitState(t, rec, "hung", health.Unhealthy)
+	waitState(t, rec, "up", prober.Healthy)
+	waitState(t, rec, "flip", prober.Healthy)
+	waitState(t, rec, "hung", prober.Unhealthy)
 
 	flip.ready.Store(false)
-	waitState(t, rec, "flip", health.Unhealthy)
+	waitState(t, rec, "flip", prober.Unhealthy)
 	flip.ready.Store(true)
-	waitState(t, rec, "flip", health.Healthy)
+	waitState(t, rec, "flip", prober.Healthy)
 
 	st := p.Statuses()
 	if len(st) != 3 || st[0].Node != "flip" || st[1].Node != "hung" || st[2].Node != "up" {
 		t.Fatalf("statuses %+v", st)
 	}
-	if st[1].State != health.Unhealthy || st[1].Last.Err == nil {
+	if st[1].State != prober.Unhealthy || st[1].Last.Err == nil {
 		t.Errorf("hung backend status %+v", st[1])
 	}
 
@@ -136,10 +136,10 @@ func TestProberFollowsBackends(t *testing.T) {
 func TestProberSetWhileStopping(t *testing.T) {
 	up := newSwitchable(t)
 	client := insecure()
-	b := health.Backend{Key: health.Key{Cluster: "c", Node: "n"}, Target: health.Target{URL: up.URL + "/readyz"}, Client: client,
-		Settings: health.Settings{Interval: time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}}
+	b := prober.Backend{Key: prober.Key{Cluster: "c", Node: "n"}, Target: prober.Target{URL: up.URL + "/readyz"}, Client: client,
+		Settings: prober.Settings{Interval: time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 1, Fall: 1}}
 	for i := range 20 {
-		p := health.NewProber(health.Config{})
+		p := prober.NewProber(prober.Config{})
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
 		go func() { done <- p.Run(ctx) }()
@@ -148,7 +148,7 @@ func TestProberSetWhileStopping(t *testing.T) {
 			defer close(stop)
 			for j := range 50 {
 				b.Node = fmt.Sprintf("n%d-%d", i, j)
-				p.Set([]health.Backend{b})
+				p.Set([]prober.Backend{b})
 			}
 		}()
 		cancel()

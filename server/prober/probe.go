@@ -2,7 +2,7 @@
 // etcd member) at the HTTP level and turns probe results into health
 // states with rise and fall, as HAProxy does, so that a hung apiserver
 // (TCP connects, HTTP never answers) is caught by the probe's timeout.
-package health
+package prober
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package health_test
+package prober_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/halolb/halo/server/health"
+	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/servertest"
 )
 
@@ -40,7 +40,7 @@ func hung(t *testing.T) string {
 }
 
 func insecure() *http.Client {
-	c := health.NewClient(&tls.Config{InsecureSkipVerify: true})
+	c := prober.NewClient(&tls.Config{InsecureSkipVerify: true})
 	return c
 }
 
@@ -48,7 +48,7 @@ func TestProbe(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
 		name       string
-		kind       health.Kind
+		kind       prober.Kind
 		code       int
 		body       string
 		creds      bool
@@ -63,13 +63,13 @@ func TestProbe(t *testing.T) {
 		{name: "403 without credentials", code: 403, body: "forbidden", ok: true, unver: true},
 		{name: "401 with bad credentials", code: 401, body: "Unauthorized", creds: true, token: "bad", errContain: "401"},
 		{name: "401 then ok with a good token", code: 401, creds: true, token: "good", ok: true},
-		{name: "etcd healthy", kind: health.Etcd, code: 200, body: `{"health":"true","reason":""}`, ok: true},
-		{name: "etcd unhealthy", kind: health.Etcd, code: 200, body: `{"health":"false","reason":"RAFT NO LEADER"}`, errContain: "RAFT NO LEADER"},
-		{name: "etcd not json", kind: health.Etcd, code: 200, body: "ok", errContain: "not JSON"},
+		{name: "etcd healthy", kind: prober.Etcd, code: 200, body: `{"health":"true","reason":""}`, ok: true},
+		{name: "etcd unhealthy", kind: prober.Etcd, code: 200, body: `{"health":"false","reason":"RAFT NO LEADER"}`, errContain: "RAFT NO LEADER"},
+		{name: "etcd not json", kind: prober.Etcd, code: 200, body: "ok", errContain: "not JSON"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := server(t, tc.code, tc.body)
-			r := health.Probe(ctx, insecure(), health.Target{Kind: tc.kind, URL: s.URL + "/readyz", Token: tc.token, Credentials: tc.creds}, time.Second)
+			r := prober.Probe(ctx, insecure(), prober.Target{Kind: tc.kind, URL: s.URL + "/readyz", Token: tc.token, Credentials: tc.creds}, time.Second)
 			if r.OK != tc.ok || r.Unverified != tc.unver {
 				t.Fatalf("ok %v unverified %v (err %v), want %v %v", r.OK, r.Unverified, r.Err, tc.ok, tc.unver)
 			}
@@ -86,7 +86,7 @@ func TestProbe(t *testing.T) {
 func TestProbeHungServerTimesOut(t *testing.T) {
 	url := hung(t)
 	start := time.Now()
-	r := health.Probe(context.Background(), insecure(), health.Target{URL: url}, 200*time.Millisecond)
+	r := prober.Probe(context.Background(), insecure(), prober.Target{URL: url}, 200*time.Millisecond)
 	if r.OK || r.Err == nil || !strings.Contains(r.Err.Error(), "timeout") {
 		t.Fatalf("hung server: %+v", r)
 	}
@@ -98,12 +98,12 @@ func TestProbeHungServerTimesOut(t *testing.T) {
 func TestProbeVerifiesAgainstCA(t *testing.T) {
 	s := server(t, 200, "ok")
 	// A client that trusts nothing: the httptest certificate is refused.
-	r := health.Probe(context.Background(), health.NewClient(&tls.Config{RootCAs: nil, ServerName: "example.com"}), health.Target{URL: s.URL + "/readyz"}, time.Second)
+	r := prober.Probe(context.Background(), prober.NewClient(&tls.Config{RootCAs: nil, ServerName: "example.com"}), prober.Target{URL: s.URL + "/readyz"}, time.Second)
 	if r.OK {
 		t.Fatal("an unverifiable certificate passed")
 	}
 	pool := s.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs
-	r = health.Probe(context.Background(), health.NewClient(&tls.Config{RootCAs: pool}), health.Target{URL: s.URL + "/readyz"}, time.Second)
+	r = prober.Probe(context.Background(), prober.NewClient(&tls.Config{RootCAs: pool}), prober.Target{URL: s.URL + "/readyz"}, time.Second)
 	if !r.OK {
 		t.Fatalf("with the CA: %v", r.Err)
 	}
@@ -111,22 +111,22 @@ func TestProbeVerifiesAgainstCA(t *testing.T) {
 
 func TestTrackerRiseAndFall(t *testing.T) {
 	now := time.Unix(100, 0)
-	tr := health.NewTracker(2, 2, health.Unknown, now)
-	good, bad := health.Result{OK: true}, health.Result{}
+	tr := prober.NewTracker(2, 2, prober.Unknown, now)
+	good, bad := prober.Result{OK: true}, prober.Result{}
 	steps := []struct {
-		r       health.Result
+		r       prober.Result
 		changed bool
-		state   health.State
+		state   prober.State
 	}{
-		{good, false, health.Unknown},
-		{good, true, health.Healthy},
-		{bad, false, health.Healthy}, // one lost probe flips nothing
-		{good, false, health.Healthy},
-		{bad, false, health.Healthy},
-		{bad, true, health.Unhealthy},
-		{bad, false, health.Unhealthy},
-		{good, false, health.Unhealthy},
-		{good, true, health.Healthy},
+		{good, false, prober.Unknown},
+		{good, true, prober.Healthy},
+		{bad, false, prober.Healthy}, // one lost probe flips nothing
+		{good, false, prober.Healthy},
+		{bad, false, prober.Healthy},
+		{bad, true, prober.Unhealthy},
+		{bad, false, prober.Unhealthy},
+		{good, false, prober.Unhealthy},
+		{good, true, prober.Healthy},
 	}
 	for i, s := range steps {
 		now = now.Add(time.Second)
@@ -144,12 +144,12 @@ func TestTrackerRiseAndFall(t *testing.T) {
 }
 
 func TestTrackerResumesFromStoredState(t *testing.T) {
-	tr := health.NewTracker(2, 2, health.Unhealthy, time.Unix(1, 0))
-	if tr.Observe(health.Result{}, time.Unix(2, 0)) {
+	tr := prober.NewTracker(2, 2, prober.Unhealthy, time.Unix(1, 0))
+	if tr.Observe(prober.Result{}, time.Unix(2, 0)) {
 		t.Error("a failed probe changed an unhealthy backend")
 	}
-	tr.Observe(health.Result{OK: true}, time.Unix(3, 0))
-	if !tr.Observe(health.Result{OK: true}, time.Unix(4, 0)) {
+	tr.Observe(prober.Result{OK: true}, time.Unix(3, 0))
+	if !tr.Observe(prober.Result{OK: true}, time.Unix(4, 0)) {
 		t.Error("rise good probes did not make it healthy")
 	}
 }

@@ -1,4 +1,6 @@
-package ads
+// Package snapcache holds the snapshots published for every cluster and tells
+// the xDS server which nodes they concern.
+package snapcache
 
 import (
 	"maps"
@@ -7,13 +9,13 @@ import (
 	"github.com/halolb/halo/server/snapshot"
 )
 
-// Hub holds what is published for every cluster: the last publishable
+// Cache holds what is published for every cluster: the last publishable
 // snapshot of each profile, why a profile is held back, and which profile
 // each node has. It tells its subscriber what changed: a publication
 // concerns every node of the cluster; moving one node to another profile
 // concerns only that node, so registering thousands of workers does not
 // stir thousands of streams each time.
-type Hub struct {
+type Cache struct {
 	mu       sync.RWMutex
 	clusters map[string]*entry
 	notify   func(cluster, node string)
@@ -25,24 +27,24 @@ type entry struct {
 	nodes     map[string]string             // node → profile
 }
 
-// NewHub returns an empty hub.
-func NewHub() *Hub {
-	return &Hub{clusters: map[string]*entry{}}
+// New returns an empty cache.
+func New() *Cache {
+	return &Cache{clusters: map[string]*entry{}}
 }
 
 // Subscribe sets the function told of every change, after the change is
 // visible: node is "" when the whole cluster changed. It replaces any
 // earlier subscriber; fn must not block.
-func (h *Hub) Subscribe(fn func(cluster, node string)) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.notify = fn
+func (c *Cache) Subscribe(fn func(cluster, node string)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.notify = fn
 }
 
-func (h *Hub) tell(cluster, node string) {
-	h.mu.RLock()
-	fn := h.notify
-	h.mu.RUnlock()
+func (c *Cache) tell(cluster, node string) {
+	c.mu.RLock()
+	fn := c.notify
+	c.mu.RUnlock()
 	if fn != nil {
 		fn(cluster, node)
 	}
@@ -55,16 +57,16 @@ type Update struct {
 	// Held are the profiles whose new snapshot must not be published, with
 	// the reason; their last published snapshot stays.
 	Held map[string]string
-	// Nodes maps every node of the cluster to its profile. The hub takes
+	// Nodes maps every node of the cluster to its profile. The cache takes
 	// this map over: the caller must not use it afterwards.
 	Nodes map[string]string
 }
 
 // Publish makes u the cluster's state. Profiles in u.Held keep their
 // previous snapshot, if they had one.
-func (h *Hub) Publish(cluster string, u Update) {
-	h.mu.Lock()
-	e := h.clusters[cluster]
+func (c *Cache) Publish(cluster string, u Update) {
+	c.mu.Lock()
+	e := c.clusters[cluster]
 	snaps := maps.Clone(u.Snapshots)
 	if snaps == nil {
 		snaps = map[string]*snapshot.Snapshot{}
@@ -79,22 +81,22 @@ func (h *Hub) Publish(cluster string, u Update) {
 			}
 		}
 	}
-	h.clusters[cluster] = &entry{snapshots: snaps, held: maps.Clone(u.Held), nodes: u.Nodes}
-	h.mu.Unlock()
-	h.tell(cluster, "")
+	c.clusters[cluster] = &entry{snapshots: snaps, held: maps.Clone(u.Held), nodes: u.Nodes}
+	c.mu.Unlock()
+	c.tell(cluster, "")
 }
 
 // SetNode moves one node to a profile (or, with profile "", removes it).
 // It does nothing for an unknown cluster.
-func (h *Hub) SetNode(cluster, node, profile string) {
-	h.mu.Lock()
-	e := h.clusters[cluster]
+func (c *Cache) SetNode(cluster, node, profile string) {
+	c.mu.Lock()
+	e := c.clusters[cluster]
 	if e == nil {
-		h.mu.Unlock()
+		c.mu.Unlock()
 		return
 	}
 	if old, ok := e.nodes[node]; ok && old == profile {
-		h.mu.Unlock()
+		c.mu.Unlock()
 		return
 	}
 	if profile == "" {
@@ -102,18 +104,18 @@ func (h *Hub) SetNode(cluster, node, profile string) {
 	} else {
 		e.nodes[node] = profile
 	}
-	h.mu.Unlock()
-	h.tell(cluster, node)
+	c.mu.Unlock()
+	c.tell(cluster, node)
 }
 
 // Remove forgets a deleted cluster. Its nodes keep what they have.
-func (h *Hub) Remove(cluster string) {
-	h.mu.Lock()
-	_, ok := h.clusters[cluster]
-	delete(h.clusters, cluster)
-	h.mu.Unlock()
+func (c *Cache) Remove(cluster string) {
+	c.mu.Lock()
+	_, ok := c.clusters[cluster]
+	delete(c.clusters, cluster)
+	c.mu.Unlock()
 	if ok {
-		h.tell(cluster, "")
+		c.tell(cluster, "")
 	}
 }
 
@@ -129,10 +131,10 @@ type View struct {
 }
 
 // Lookup returns what a node is to get now.
-func (h *Hub) Lookup(cluster, node string) View {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	e := h.clusters[cluster]
+func (c *Cache) Lookup(cluster, node string) View {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e := c.clusters[cluster]
 	if e == nil {
 		return View{Condition: "cluster " + cluster + " is not known to halo"}
 	}
@@ -151,10 +153,10 @@ func (h *Hub) Lookup(cluster, node string) View {
 }
 
 // Profiles returns a cluster's published snapshots and held reasons.
-func (h *Hub) Profiles(cluster string) (map[string]*snapshot.Snapshot, map[string]string) {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	e := h.clusters[cluster]
+func (c *Cache) Profiles(cluster string) (map[string]*snapshot.Snapshot, map[string]string) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	e := c.clusters[cluster]
 	if e == nil {
 		return nil, nil
 	}
