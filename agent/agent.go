@@ -37,21 +37,21 @@ const (
 	DefaultAdminListen = "127.0.0.1:18002"
 	// DefaultCacheDir holds the last ACKed configuration.
 	DefaultCacheDir = "/var/lib/halo-agent"
-	// DefaultBootstrapListen is the listener of --bootstrap-backends:
+	// DefaultFallbackListen is the listener of --fallback-backends:
 	// Kubespray's loadbalancer_apiserver_port.
-	DefaultBootstrapListen = "127.0.0.1:6443"
+	DefaultFallbackListen = "127.0.0.1:6443"
 )
 
-// Bootstrap configuration: what --bootstrap-backends becomes.
+// Fallback configuration: what --fallback-backends becomes.
 const (
-	BootstrapListener = "bootstrap-apiserver"
-	BootstrapCluster  = "bootstrap-apiserver"
+	FallbackListener = "fallback-apiserver"
+	FallbackCluster  = "fallback-apiserver"
 )
 
 // Config configures an Agent.
 type Config struct {
 	// Servers are halo-server replicas (host:port), tried in order. Empty:
-	// the agent runs only from its cache or bootstrap backends.
+	// the agent runs only from its cache or fallback backends.
 	Servers []string
 	// Cluster is the halo cluster this node belongs to (xDS node.cluster).
 	Cluster string
@@ -64,11 +64,11 @@ type Config struct {
 	TLS *tls.Config
 	// CacheDir holds the last ACKed resources; empty disables the cache.
 	CacheDir string
-	// BootstrapBackends are static apiserver backends, used when there is
+	// FallbackBackends are static apiserver backends, used when there is
 	// no cache until a server answers.
-	BootstrapBackends []netip.AddrPort
-	// BootstrapListen is the bootstrap listener's address.
-	BootstrapListen netip.AddrPort
+	FallbackBackends []netip.AddrPort
+	// FallbackListen is the fallback listener's address.
+	FallbackListen netip.AddrPort
 	// AdminListen is the admin HTTP address; AdminListener, when set, is
 	// used instead (tests pass 127.0.0.1:0 listeners).
 	AdminListen   string
@@ -117,11 +117,11 @@ func New(cfg Config) (*Agent, error) {
 			}
 		}
 	}
-	if len(cfg.Servers) == 0 && len(cfg.BootstrapBackends) == 0 && cfg.CacheDir == "" {
-		return nil, errors.New("agent: nothing to serve: give servers, bootstrap backends or a cache directory")
+	if len(cfg.Servers) == 0 && len(cfg.FallbackBackends) == 0 && cfg.CacheDir == "" {
+		return nil, errors.New("agent: nothing to serve: give servers, fallback backends or a cache directory")
 	}
-	if len(cfg.BootstrapBackends) > 0 && !cfg.BootstrapListen.IsValid() {
-		return nil, errors.New("agent: BootstrapListen is required with BootstrapBackends")
+	if len(cfg.FallbackBackends) > 0 && !cfg.FallbackListen.IsValid() {
+		return nil, errors.New("agent: FallbackListen is required with FallbackBackends")
 	}
 	if cfg.AdminListen == "" && cfg.AdminListener == nil {
 		cfg.AdminListen = DefaultAdminListen
@@ -131,7 +131,7 @@ func New(cfg Config) (*Agent, error) {
 	a.cacheErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "halo_agent_cache_write_errors_total",
 		Help: "Failed writes of the configuration cache (the configuration is applied anyway)."})
 	a.source = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "halo_agent_config_source",
-		Help: "1 for where the running configuration came from: xds, cache or bootstrap."}, []string{"source"})
+		Help: "1 for where the running configuration came from: xds, cache or fallback."}, []string{"source"})
 	a.reg.MustRegister(a.cacheErrors, a.source)
 
 	var err error
@@ -179,7 +179,7 @@ func loopbackHost(hostport string) bool {
 }
 
 // Run starts the agent and serves until ctx is done: the cached
-// configuration (or the bootstrap backends) at once, then whatever the
+// configuration (or the fallback backends) at once, then whatever the
 // servers send. It returns nil after a clean stop, once everything it started
 // has stopped.
 func (a *Agent) Run(ctx context.Context) error {
@@ -222,7 +222,7 @@ func (a *Agent) Proxy() *proxy.Proxy { return a.proxy }
 // listener, else why not.
 func (a *Agent) Ready() error { return a.proxy.Ready() }
 
-// startConfig applies the cached configuration, or else the bootstrap
+// startConfig applies the cached configuration, or else the fallback
 // backends, so that Run serves them before any server answers.
 func (a *Agent) startConfig() {
 	if a.cfg.CacheDir != "" {
@@ -246,13 +246,13 @@ func (a *Agent) startConfig() {
 			return
 		}
 	}
-	if len(a.cfg.BootstrapBackends) > 0 {
-		if err := a.proxy.Apply(bootstrapSet(a.cfg.BootstrapListen, a.cfg.BootstrapBackends)); err != nil {
-			a.log.Error("bootstrap backends", "error", err)
+	if len(a.cfg.FallbackBackends) > 0 {
+		if err := a.proxy.Apply(fallbackSet(a.cfg.FallbackListen, a.cfg.FallbackBackends)); err != nil {
+			a.log.Error("fallback backends", "error", err)
 			return
 		}
-		a.setSource("bootstrap")
-		a.log.Info("serving the bootstrap backends", "listen", a.cfg.BootstrapListen, "backends", len(a.cfg.BootstrapBackends))
+		a.setSource("fallback")
+		a.log.Info("serving the fallback backends", "listen", a.cfg.FallbackListen, "backends", len(a.cfg.FallbackBackends))
 	}
 }
 
@@ -269,9 +269,9 @@ func (a *Agent) update(_ context.Context, typeURL string, state []*xdsclient.Res
 		return err
 	}
 	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != config.ListenerType {
-		// Still on the bootstrap backends and the servers have not sent
+		// Still on the fallback backends and the servers have not sent
 		// listeners yet (they send them after clusters and endpoints):
-		// keep the bootstrap listener until they do.
+		// keep the fallback listener until they do.
 		return nil
 	}
 	if err := a.proxy.Apply(set); err != nil {
@@ -314,20 +314,20 @@ func buildSet(rs []*xdsclient.Resource) (*config.Set, error) {
 	return set, nil
 }
 
-// bootstrapSet is the static configuration of --bootstrap-backends: one
+// fallbackSet is the static configuration of --fallback-backends: one
 // listener to one least-request cluster, with halo's failover settings.
-func bootstrapSet(listen netip.AddrPort, backends []netip.AddrPort) *config.Set {
-	eps := &config.Endpoints{Name: BootstrapCluster}
+func fallbackSet(listen netip.AddrPort, backends []netip.AddrPort) *config.Set {
+	eps := &config.Endpoints{Name: FallbackCluster}
 	for _, b := range backends {
 		eps.Endpoints = append(eps.Endpoints, config.Endpoint{Address: b, Hostname: b.String()})
 	}
 	return &config.Set{
-		Listeners: map[string]*config.Listener{BootstrapListener: {
-			Name: BootstrapListener, Address: listen, Cluster: BootstrapCluster, StatPrefix: BootstrapListener,
+		Listeners: map[string]*config.Listener{FallbackListener: {
+			Name: FallbackListener, Address: listen, Cluster: FallbackCluster, StatPrefix: FallbackListener,
 			IdleTimeout: 3 * time.Hour, MaxConnectAttempts: 3,
 		}},
-		Clusters: map[string]*config.Cluster{BootstrapCluster: {
-			Name: BootstrapCluster, StaticEndpoints: eps, LbPolicy: config.LeastRequest,
+		Clusters: map[string]*config.Cluster{FallbackCluster: {
+			Name: FallbackCluster, StaticEndpoints: eps, LbPolicy: config.LeastRequest,
 			ConnectTimeout: 5 * time.Second, PanicThreshold: 1,
 			Outlier: &config.Outlier{ConsecutiveFailures: 1, EnforcingPercent: 100, Interval: time.Second,
 				BaseEjectionTime: 5 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 100},

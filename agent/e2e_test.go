@@ -587,20 +587,20 @@ func pushTampered(t *testing.T, e *env, change func(*testing.T, *snapshot.Snapsh
 	cache.Publish(clusterName, snapcache.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
 }
 
-// TestBootstrapHandsOverToServer: an agent with no cache serves
-// --bootstrap-backends at once, then takes the servers' configuration on
+// TestFallbackHandsOverToServer: an agent with no cache serves
+// --fallback-backends at once, then takes the servers' configuration on
 // the same address without refusing a connection.
-func TestBootstrapHandsOverToServer(t *testing.T) {
+func TestFallbackHandsOverToServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
 	e := newEnv(t)
 	listen := netip.MustParseAddrPort(e.local())
 	// The first server address is dead: the agent backs off before it
-	// reaches the live one, serving the bootstrap backend meanwhile.
+	// reaches the live one, serving the fallback backend meanwhile.
 	dead := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), freePort(t, "127.0.0.1")).String()
 	a := startAgent(t, agent.Config{Servers: []string{dead, e.srv.Addr}, Cluster: clusterName, Node: "worker-1", CacheDir: t.TempDir(),
-		BootstrapBackends: []netip.AddrPort{e.masters["master-1"].addr}, BootstrapListen: listen})
+		FallbackBackends: []netip.AddrPort{e.masters["master-1"].addr}, FallbackListen: listen})
 	poll(t, "agent ready", func() error { return a.Ready() })
 	var refused atomic.Int64
 	ctx, cancel := context.WithCancel(context.Background())
@@ -620,7 +620,7 @@ func TestBootstrapHandsOverToServer(t *testing.T) {
 	cancel()
 	g.Wait()
 	if n := refused.Load(); n > 0 {
-		t.Fatalf("%d connections refused while the bootstrap listener handed over", n)
+		t.Fatalf("%d connections refused while the fallback listener handed over", n)
 	}
 	if _, ok := a.Proxy().Addr(snapshot.ListenerAPIServerLocal); !ok {
 		t.Fatal("apiserver-local not bound after the handover")

@@ -62,7 +62,7 @@ func startProxy(ctx context.Context, name string, env *proxyEnv, cpus []int) (*p
 			return nil, aerr
 		}
 		cache := filepath.Join(env.dir, fmt.Sprintf("agent-cache-%d", time.Now().UnixNano()))
-		p, err = proxyproc.Start(agent, append(wrap, env.agentBin, "--bootstrap-backends", strings.Join(env.backends, ","), "--bootstrap-listen", listen,
+		p, err = proxyproc.Start(agent, append(wrap, env.agentBin, "--fallback-backends", strings.Join(env.backends, ","), "--fallback-listen", listen,
 			"--admin-listen", admin, "--cache-dir", cache, "--log-level", "warn"), nil)
 		ready = func(ctx context.Context) error { return proxyproc.WaitHTTP200(ctx, "http://"+admin+"/readyz") }
 	case haproxy:
@@ -99,7 +99,7 @@ func startProxy(ctx context.Context, name string, env *proxyEnv, cpus []int) (*p
 // logging (Kubespray's tcplog goes to a syslog on 127.0.0.1 that usually
 // does not exist; the other proxies log nothing per connection either). The
 // seed's health checks (check check-ssl verify none inter 10000) only with
-// checks: halo-agent's static bootstrap backends and nginx-proxy have none.
+// checks: halo-agent's static fallback backends and nginx-proxy have none.
 func haproxyConfig(listen string, backends []string, maxConns int, noFile uint64, checks bool) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `global

@@ -38,13 +38,13 @@ configuration changes never drop an open connection.
 
 It keeps the last accepted configuration in --cache-dir and serves it at start-up
 before any server answers, so it survives the control plane. Without a cache,
---bootstrap-backends is a static fallback. A listener address that is busy (say,
+--fallback-backends is a static fallback. A listener address that is busy (say,
 Kubespray's nginx-proxy still holds 127.0.0.1:6443) is retried until it is free;
 /readyz on --admin-listen says ready once every listener is bound.
 
 Usage:
   halo-agent --server HOST:PORT[,HOST:PORT...] --cluster NAME [--node NAME] [flags]
-  halo-agent --bootstrap-backends HOST:PORT,... [flags]
+  halo-agent --fallback-backends HOST:PORT,... [flags]
 
 Flags (each also accepts --name=value):
 `
@@ -56,8 +56,8 @@ type options struct {
 	tlsCA, tlsCert, tlsKey string
 	tlsServerName          string
 	cacheDir               string
-	bootstrapBackends      string
-	bootstrapListen        string
+	fallbackBackends       string
+	fallbackListen         string
 	adminListen            string
 	command.Common
 }
@@ -72,7 +72,7 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	}
 	hostname, _ := os.Hostname()
 	fs.StringVar(&o.servers, "server", "",
-		"comma-separated `host:port` of halo-server replicas, tried in turn; empty: serve only the cache or --bootstrap-backends")
+		"comma-separated `host:port` of halo-server replicas, tried in turn; empty: serve only the cache or --fallback-backends")
 	fs.StringVar(&o.cluster, "cluster", "", "`name` of this node's halo cluster (required with --server)")
 	fs.StringVar(&o.node, "node", hostname, "this node's `name` in the halo topology")
 	fs.BoolVar(&o.sotw, "sotw", false, "use state-of-the-world xDS instead of Delta (Delta resends nothing on reconnect)")
@@ -83,9 +83,12 @@ func newFlagSet(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&o.tlsServerName, "tls-server-name", "", "`name` expected in halo-server's certificate (default: the host of each --server)")
 	fs.StringVar(&o.cacheDir, "cache-dir", agent.DefaultCacheDir,
 		"`directory` holding the last accepted configuration, served at start-up before any server answers; empty disables it")
-	fs.StringVar(&o.bootstrapBackends, "bootstrap-backends", "",
-		"comma-separated apiserver `host:port`s served on --bootstrap-listen when there is no cache, until a server answers")
-	fs.StringVar(&o.bootstrapListen, "bootstrap-listen", agent.DefaultBootstrapListen, "`address` of the --bootstrap-backends listener")
+	fs.StringVar(&o.fallbackBackends, "fallback-backends", "",
+		"comma-separated apiserver `host:port`s served on --fallback-listen when there is no cache, until a server answers")
+	fs.StringVar(&o.fallbackListen, "fallback-listen", agent.DefaultFallbackListen, "`address` of the --fallback-backends listener")
+	// The names of an earlier release, kept so that existing units work.
+	fs.StringVar(&o.fallbackBackends, "bootstrap-backends", "", "deprecated name of --fallback-backends")
+	fs.StringVar(&o.fallbackListen, "bootstrap-listen", agent.DefaultFallbackListen, "deprecated name of --fallback-listen")
 	fs.StringVar(&o.adminListen, "admin-listen", agent.DefaultAdminListen, "`host:port` serving /metrics, /healthz and /readyz")
 	o.Register(fs)
 	return fs
@@ -127,19 +130,19 @@ func run(args []string, stderr io.Writer) int {
 func (o *options) config(logger *slog.Logger) (agent.Config, error) {
 	cfg := agent.Config{Cluster: o.cluster, Node: o.node, SotW: o.sotw, CacheDir: o.cacheDir, AdminListen: o.adminListen}
 	cfg.Servers = splitList(o.servers)
-	for _, b := range splitList(o.bootstrapBackends) {
+	for _, b := range splitList(o.fallbackBackends) {
 		ap, err := netip.ParseAddrPort(b)
 		if err != nil {
-			return cfg, fmt.Errorf("--bootstrap-backends: %q: want ip:port (%v)", b, err)
+			return cfg, fmt.Errorf("--fallback-backends: %q: want ip:port (%v)", b, err)
 		}
-		cfg.BootstrapBackends = append(cfg.BootstrapBackends, ap)
+		cfg.FallbackBackends = append(cfg.FallbackBackends, ap)
 	}
-	if len(cfg.BootstrapBackends) > 0 {
-		ap, err := netip.ParseAddrPort(o.bootstrapListen)
+	if len(cfg.FallbackBackends) > 0 {
+		ap, err := netip.ParseAddrPort(o.fallbackListen)
 		if err != nil {
-			return cfg, fmt.Errorf("--bootstrap-listen: %q: want ip:port (%v)", o.bootstrapListen, err)
+			return cfg, fmt.Errorf("--fallback-listen: %q: want ip:port (%v)", o.fallbackListen, err)
 		}
-		cfg.BootstrapListen = ap
+		cfg.FallbackListen = ap
 	}
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return cfg, errors.New("--tls-cert and --tls-key go together")

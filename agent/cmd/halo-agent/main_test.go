@@ -7,13 +7,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -104,8 +107,8 @@ func TestHelpListsEveryFlag(t *testing.T) {
 func TestBadFlagsExitTwo(t *testing.T) {
 	for _, args := range [][]string{
 		{"--no-such-flag"},
-		{"--bootstrap-backends", "not-an-address"},
-		{"--bootstrap-backends", "127.0.0.1:1", "--bootstrap-listen", "nowhere"},
+		{"--fallback-backends", "not-an-address"},
+		{"--fallback-backends", "127.0.0.1:1", "--fallback-listen", "nowhere"},
 		{"--server", "10.0.0.1:18000", "--cluster", "c"}, // plaintext off loopback
 		{"--server", "127.0.0.1:18000"},                  // no --cluster
 		{"--tls-cert", "x"},
@@ -182,11 +185,11 @@ func get(url string) (int, string, error) {
 	return resp.StatusCode, string(b), err
 }
 
-// TestBootstrapProcess runs the real process on --bootstrap-backends with
+// TestFallbackProcess runs the real process on --fallback-backends with
 // no server: it proxies, is ready, serves metrics, and exits 0 on SIGTERM.
 // Its listener address is first held by someone else (nginx-proxy during
 // a migration): not ready, then ready once the address is free.
-func TestBootstrapProcess(t *testing.T) {
+func TestFallbackProcess(t *testing.T) {
 	backend, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +212,7 @@ func TestBootstrapProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 	listen := occupant.Addr().String()
-	p := start(t, "--bootstrap-backends", backend.Addr().String(), "--bootstrap-listen", listen,
+	p := start(t, "--fallback-backends", backend.Addr().String(), "--fallback-listen", listen,
 		"--admin-listen", "127.0.0.1:0", "--cache-dir", t.TempDir())
 	var admin string
 	select {
@@ -237,8 +240,8 @@ func TestBootstrapProcess(t *testing.T) {
 	}
 	c.Close()
 	_, metrics, err := get("http://" + admin + "/metrics")
-	if err != nil || !strings.Contains(metrics, `halo_agent_connections_total{backend="`+backend.Addr().String()+`",listener="bootstrap-apiserver"} 1`) ||
-		!strings.Contains(metrics, `halo_agent_config_source{source="bootstrap"} 1`) {
+	if err != nil || !strings.Contains(metrics, `halo_agent_connections_total{backend="`+backend.Addr().String()+`",listener="fallback-apiserver"} 1`) ||
+		!strings.Contains(metrics, `halo_agent_config_source{source="fallback"} 1`) {
 		t.Errorf("metrics: %v\n%s", err, metrics)
 	}
 
@@ -263,4 +266,23 @@ func pollHTTP(t *testing.T, url string, want int) {
 		}
 		return fmt.Errorf("%d %q %v, want %d", code, body, err, want)
 	})
+}
+
+// TestDeprecatedFlagNames: units written for an earlier release name the
+// fallback flags --bootstrap-backends and --bootstrap-listen; they still
+// set the fallback backends and their listener.
+func TestDeprecatedFlagNames(t *testing.T) {
+	var o options
+	fs := newFlagSet(&o, io.Discard)
+	if err := fs.Parse([]string{"--bootstrap-backends", "127.0.0.1:1,127.0.0.2:2", "--bootstrap-listen", "127.0.0.9:6443", "--cache-dir", ""}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := o.config(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1"), netip.MustParseAddrPort("127.0.0.2:2")}
+	if !slices.Equal(cfg.FallbackBackends, want) || cfg.FallbackListen != netip.MustParseAddrPort("127.0.0.9:6443") {
+		t.Errorf("fallback backends %v on %v, want %v on 127.0.0.9:6443", cfg.FallbackBackends, cfg.FallbackListen, want)
+	}
 }
