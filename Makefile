@@ -7,10 +7,20 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
 GRPCURL_VERSION            := v1.9.4
+GOLANGCI_LINT_VERSION      := v2.15.0
+GOVULNCHECK_VERSION        := v1.10.0
+# The Go vulnerability database, as a module snapshot: no host but the
+# module proxy is needed. `make vuln` indexes its OSV files and checks
+# the module against them offline.
+VULNDB_VERSION             := v0.0.0-20261105234957-e22db6528018
 
 BIN := $(CURDIR)/.bin
 export PATH := $(BIN):$(PATH)
 export GOBIN := $(BIN)
+# go.mod's toolchain line names the Go release with the standard library's
+# security fixes; auto fetches it (from the module proxy) where the local Go
+# is older.
+export GOTOOLCHAIN := auto
 
 # How long each fuzz target runs in `make fuzz`.
 FUZZTIME ?= 20s
@@ -18,14 +28,16 @@ FUZZTIME ?= 20s
 BENCH ?= .
 
 STAMPS := $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.protoc-gen-go-$(PROTOC_GEN_GO_VERSION) \
-          $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(BIN)/.grpcurl-$(GRPCURL_VERSION)
+          $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION) $(BIN)/.grpcurl-$(GRPCURL_VERSION) \
+          $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION) $(BIN)/.govulncheck-$(GOVULNCHECK_VERSION) \
+          $(BIN)/.indexdb-$(VULNDB_VERSION)
 
-.PHONY: help tools run test gen check-gen lint fuzz bench smoke clean
+.PHONY: help tools run test gen check-gen lint tidy-check vuln fuzz bench smoke clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
-tools: $(STAMPS) ## install buf, protoc-gen-go, protoc-gen-go-grpc and grpcurl (pinned) into .bin
+tools: $(STAMPS) ## install buf, protoc-gen-go(-grpc), grpcurl, golangci-lint and govulncheck (pinned) into .bin
 
 $(BIN)/.buf-$(BUF_VERSION):
 	go install github.com/bufbuild/buf/cmd/buf@$(BUF_VERSION)
@@ -38,6 +50,17 @@ $(BIN)/.protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION):
 	@touch $@
 $(BIN)/.grpcurl-$(GRPCURL_VERSION):
 	go install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+	@touch $@
+$(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION):
+	go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	@touch $@
+$(BIN)/.govulncheck-$(GOVULNCHECK_VERSION):
+	go install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+	@touch $@
+$(BIN)/.indexdb-$(VULNDB_VERSION):
+	go install golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION)
+	rm -rf $(BIN)/vulndb
+	indexdb -vulns "$$(go mod download -json golang.org/x/vulndb@$(VULNDB_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p')/data/osv" -out $(BIN)/vulndb
 	@touch $@
 
 run: ## run halo-server as in the quick start (embedded etcd in ./halo-data, gRPC on 127.0.0.1:18000)
@@ -53,13 +76,21 @@ check-gen: gen ## fail if gen/ is not what the protos generate
 	@git diff --exit-code -- gen/ || { echo "gen/ is stale: run 'make gen' and commit it"; exit 1; }
 	@test -z "$$(git status --porcelain -- gen/)" || { git status --porcelain -- gen/; echo "gen/ has files git does not know: run 'make gen' and commit it"; exit 1; }
 
-lint: $(BIN)/.buf-$(BUF_VERSION) ## gofmt, go vet, buf lint, and buf breaking against main
+lint: $(BIN)/.buf-$(BUF_VERSION) $(BIN)/.golangci-lint-$(GOLANGCI_LINT_VERSION) ## gofmt, go vet, golangci-lint, buf lint, buf breaking against main
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/')); test -z "$$out" || { echo "gofmt needed:"; echo "$$out"; exit 1; }
 	go vet ./...
+	golangci-lint run ./...
 	buf lint
 	@if git rev-parse --verify -q main >/dev/null; then \
 		echo "buf breaking --against .git#branch=main"; buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch here, skipped"; fi
+
+tidy-check: ## fail if go mod tidy would change go.mod or go.sum
+	go mod tidy
+	@git diff --exit-code -- go.mod go.sum || { echo "go.mod/go.sum are not tidy: run 'go mod tidy' and commit them"; exit 1; }
+
+vuln: $(BIN)/.govulncheck-$(GOVULNCHECK_VERSION) $(BIN)/.indexdb-$(VULNDB_VERSION) ## govulncheck the module against the pinned vulnerability database (offline)
+	govulncheck -db file://$(BIN)/vulndb ./...
 
 FUZZ_PKGS := ./server/topology/ ./agent/config/ ./internal/identity/
 
