@@ -1,10 +1,13 @@
-// Package proxy runs the agent's listeners: it binds them (retrying a busy
-// address), accepts connections, picks an endpoint from the listener's
-// cluster, dials it with the cluster's timeout (moving on to the next
-// endpoint when a connect fails, so the client never sees it) and hands
-// both sockets to the relay engine. A new configuration is applied without
-// dropping anything: a listener whose address is unchanged keeps its
-// socket, and open connections live on in the relay whatever changes.
+// Package proxy runs the agent's listeners and decides where their
+// connections go. It binds each listener (retrying a busy address) and
+// hands the socket to the relay engine, which accepts the clients and
+// connects them upstream. For each new client the proxy picks the endpoint
+// of the listener's cluster to try, with the cluster's connect timeout, and
+// after a failed connect the next one, so the client never sees the
+// failure; it counts connections per endpoint and ejects endpoints that
+// fail. A new configuration is applied without dropping anything: a
+// listener whose address is unchanged keeps its socket, and open
+// connections live on in the relay whatever changes.
 package proxy
 
 import (
@@ -32,7 +35,8 @@ import (
 
 // Config configures a Proxy.
 type Config struct {
-	// Relay moves the bytes of established connections. Required.
+	// Relay accepts on the listeners, connects upstream and moves the
+	// bytes. Required.
 	Relay *relay.Engine
 	// Logger receives the proxy's logs; nil discards them.
 	Logger *slog.Logger
@@ -290,7 +294,7 @@ func (p *Proxy) startLocked(l *listener) {
 }
 
 // serveListener binds l (retrying with backoff while the address is busy)
-// and accepts connections until ctx is done.
+// and has the relay engine accept on it until ctx is done.
 func (p *Proxy) serveListener(ctx context.Context, l *listener) {
 	ln := p.bind(ctx, l)
 	if ln == nil {
@@ -357,9 +361,10 @@ func (p *Proxy) newSetup(l *listener, remote netip.AddrPort) relay.Setup {
 	return s
 }
 
-// setup connects one accepted client to an endpoint of its listener's
-// cluster, trying the next endpoint when a connect fails, so the client
-// never sees it. The relay engine calls its methods on its event loop.
+// setup chooses the endpoints of its listener's cluster that the relay
+// engine connects one accepted client to: the next one after each failed
+// connect, so the client never sees it. The relay engine calls its methods
+// on its event loop.
 type setup struct {
 	p      *Proxy
 	lc     *config.Listener

@@ -1,6 +1,11 @@
-// Package relay moves bytes both ways between pairs of connected TCP sockets.
+// Package relay does the agent's socket work: it accepts clients on the
+// listeners it is given, connects each to an upstream, and moves bytes both
+// ways between the two sockets.
 //
-// An Engine takes ownership of a client and an upstream *net.TCPConn and
+// Engine.Serve accepts on a listener and connects every client upstream, to
+// the endpoints a Handler's Setup names in turn (the next one after a
+// failed connect), then relays the pair. Engine.Relay relays a pair the
+// caller connected itself. Either way the engine owns both *net.TCPConn and
 // copies client→upstream ("up") and upstream→client ("down") until both
 // directions reach EOF, one side fails, the pair sits idle for too long, the
 // caller aborts it, or the engine stops. Half-close is propagated: when one
@@ -8,13 +13,16 @@
 // write half is shut down and the opposite direction keeps flowing.
 //
 // On Linux the engine is event driven: a few event loops (one goroutine and
-// one epoll instance each) serve every pair, so an idle pair holds no
-// goroutine, no buffer and no pipe, only a small struct and its two sockets.
+// one epoll instance each) accept, connect and serve every pair, so a new
+// connection costs no goroutine, and an idle pair holds no goroutine, no
+// buffer and no pipe, only a small struct and its two sockets.
 // Bytes move with read/write through one per-loop buffer, or optionally
 // (Config.Splice) with splice through a pooled kernel pipe for bulk
 // transfers. A pair whose destination is backed up keeps the unwritten bytes
-// in a pooled buffer (or pipe) and stops reading its source. Elsewhere a
-// goroutine pair per connection copies the bytes with the same semantics.
+// in a pooled buffer (or pipe) and stops reading its source. Elsewhere
+// goroutines do the same job with the same semantics: one per listener
+// accepts, one per new client connects it, and a pair per connection copies
+// the bytes.
 //
 // Relay may be called any time after New. Pairs handed over before Run starts
 // are queued and served once Run runs; after Run returned, Relay closes both
@@ -96,8 +104,8 @@ type backend interface {
 	serve(ln *net.TCPListener, ka net.KeepAliveConfig, h Handler) (stop func(), err error)
 }
 
-// Engine relays bytes between pairs of TCP sockets. Create it with New and
-// serve pairs with Run.
+// Engine accepts clients (Serve), connects them upstream and relays bytes
+// between each pair of TCP sockets. Create it with New and run it with Run.
 type Engine struct {
 	log     *slog.Logger
 	b       backend
