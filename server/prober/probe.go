@@ -1,4 +1,4 @@
-// Package health probes backends (every master's kube-apiserver and every
+// Package prober probes backends (every master's kube-apiserver and every
 // etcd member) at the HTTP level and turns probe results into health
 // states with rise and fall, as HAProxy does, so that a hung apiserver
 // (TCP connects, HTTP never answers) is caught by the probe's timeout.
