@@ -83,12 +83,12 @@ func startAPIServer(t *testing.T, ca *pki.CA, name string, addr netip.AddrPort) 
 	}
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !hang(r) {
-			io.WriteString(w, "ok")
+			_, _ = io.WriteString(w, "ok")
 		}
 	})
 	mux.HandleFunc("GET /whoami", func(w http.ResponseWriter, r *http.Request) {
 		if !hang(r) {
-			io.WriteString(w, name)
+			_, _ = io.WriteString(w, name)
 		}
 	})
 	a.srv = &http.Server{
@@ -103,7 +103,7 @@ func startAPIServer(t *testing.T, ca *pki.CA, name string, addr netip.AddrPort) 
 	}
 	go func() {
 		defer close(a.done)
-		a.srv.ServeTLS(ln, "", "")
+		_ = a.srv.ServeTLS(ln, "", "") // ErrServerClosed once the test closes it
 	}()
 	t.Cleanup(a.kill)
 	return a
@@ -203,6 +203,7 @@ func ctxT(t *testing.T) context.Context {
 // runningAgent is an agent running for a test.
 type runningAgent struct {
 	*agent.Agent
+	t      *testing.T
 	cancel context.CancelFunc
 	done   chan error
 	admin  string // the admin listener's host:port (/metrics, /readyz)
@@ -224,7 +225,7 @@ func startAgent(t *testing.T, cfg agent.Config) *runningAgent {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningAgent{Agent: a, cancel: cancel, done: make(chan error, 1), admin: ln.Addr().String()}
+	r := &runningAgent{Agent: a, t: t, cancel: cancel, done: make(chan error, 1), admin: ln.Addr().String()}
 	go func() { r.done <- a.Run(ctx) }()
 	t.Cleanup(r.stop)
 	return r
@@ -254,7 +255,9 @@ func (r *runningAgent) stop() {
 	}
 	r.cancel()
 	r.cancel = nil
-	<-r.done
+	if err := <-r.done; err != nil {
+		r.t.Errorf("agent: Run: %v", err)
+	}
 }
 
 // testWriter sends logs to t.Log while the test runs.
@@ -327,7 +330,9 @@ func (e *env) dialKept() *keptConn {
 }
 
 func (k *keptConn) whoami() (string, error) {
-	k.c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := k.c.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		return "", err
+	}
 	if _, err := io.WriteString(k.c, "GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n"); err != nil {
 		return "", err
 	}
@@ -618,7 +623,7 @@ func TestFallbackHandsOverToServer(t *testing.T) {
 	})
 	poll(t, "the servers' configuration", wantHosts(a, 1, 2, 3))
 	cancel()
-	g.Wait()
+	_ = g.Wait() // the dialers only count; they return no error
 	if n := refused.Load(); n > 0 {
 		t.Fatalf("%d connections refused while the fallback listener handed over", n)
 	}
@@ -717,7 +722,6 @@ func TestHungMasterExcluded(t *testing.T) {
 	})
 	t.Logf("hung master excluded on the agent after %v", time.Since(start))
 	// Its connection was closed by the agent (close_connections_on_host_health_failure).
-	onTwo.c.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := onTwo.whoami(); err == nil {
 		t.Error("the connection to the hung master is still open")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {

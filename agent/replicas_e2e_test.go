@@ -91,7 +91,7 @@ func TestAgentSurvivesItsReplica(t *testing.T) {
 	standInDone := make(chan error, 1)
 	go func() { standInDone <- standIn.Run(standInCtx, to.Conn) }()
 	stopStandIn := sync.OnceValue(func() error { cancelStandIn(); return <-standInDone })
-	t.Cleanup(func() { stopStandIn() })
+	t.Cleanup(func() { _ = stopStandIn() })
 	poll(t, "the agent in sync with what both replicas serve", func() error {
 		var err error
 		if on, err = agentStatus(t, from, true, "halo-agent"); err != nil {

@@ -65,11 +65,11 @@ func runMaster(spec string) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		atomic.AddInt64(&st.Readyz, 1)
-		io.WriteString(w, "ok")
+		_, _ = io.WriteString(w, "ok")
 	})
 	mux.HandleFunc("/whoami", func(w http.ResponseWriter, r *http.Request) {
 		atomic.AddInt64(&st.Whoami, 1)
-		io.WriteString(w, name)
+		_, _ = io.WriteString(w, name)
 	})
 	mux.HandleFunc("/watch", func(w http.ResponseWriter, r *http.Request) {
 		atomic.AddInt64(&st.Watches, 1)

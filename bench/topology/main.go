@@ -71,10 +71,16 @@ func run(nodes, concurrency, resolves, watchSamples int, fsync bool) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			fmt.Fprintln(os.Stderr, "halo-server:", err)
+		}
+	}()
 	select {
 	case <-srv.Ready():
 	case err := <-done:
+		done <- nil // for the deferred wait: Run has already returned
 		return err
 	}
 	conn, err := grpc.NewClient(srv.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

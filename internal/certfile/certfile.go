@@ -208,9 +208,9 @@ func (s *Source) loadCA() error {
 type stamp [2]fileStamp
 
 type fileStamp struct {
-	size, ino uint64
-	mtime     int64
-	err       bool
+	size, mtime int64
+	ino         uint64
+	err         bool
 }
 
 func statOf(files ...string) stamp {
@@ -221,7 +221,7 @@ func statOf(files ...string) stamp {
 			st[i].err = true
 			continue
 		}
-		st[i].size, st[i].mtime = uint64(fi.Size()), fi.ModTime().UnixNano()
+		st[i].size, st[i].mtime = fi.Size(), fi.ModTime().UnixNano()
 		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
 			st[i].ino = sys.Ino
 		}

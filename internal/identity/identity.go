@@ -48,7 +48,7 @@ type ID struct {
 	Name        string // the node's, user's or replica's name
 }
 
-// NodeID, UserID and ReplicaID build identities.
+// NodeID is the identity of a node of a cluster (a halo-agent).
 func NodeID(trustDomain, cluster, node string) ID {
 	return ID{Kind: Node, TrustDomain: trustDomain, Cluster: cluster, Name: node}
 }

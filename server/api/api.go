@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 
 	"google.golang.org/grpc"
@@ -126,7 +127,7 @@ func (t *topologyService) DeleteCluster(ctx context.Context, req *halov1.DeleteC
 	if err != nil {
 		return nil, toStatus(t.log, "DeleteCluster", err)
 	}
-	return &halov1.DeleteClusterResponse{Revision: rev, DeletedNodes: int32(n)}, nil
+	return &halov1.DeleteClusterResponse{Revision: rev, DeletedNodes: int32(min(n, math.MaxInt32))}, nil //nolint:gosec // clamped above
 }
 
 func (t *topologyService) PutNode(ctx context.Context, req *halov1.PutNodeRequest) (*halov1.Node, error) {

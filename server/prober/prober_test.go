@@ -31,7 +31,7 @@ func newSwitchable(t *testing.T) *switchable {
 			http.Error(w, "[-]etcd failed", http.StatusInternalServerError)
 			return
 		}
-		w.Write([]byte("ok"))
+		_, _ = w.Write([]byte("ok"))
 	}))
 	t.Cleanup(s.Close)
 	return s

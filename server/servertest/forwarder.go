@@ -86,7 +86,7 @@ func (f *Forwarder) serve() {
 		f.conns[c], f.conns[up] = true, true
 		f.mu.Unlock()
 		relay := func(dst, src net.Conn) {
-			io.Copy(dst, src)
+			_, _ = io.Copy(dst, src) // ends when either side closes or is cut
 			dst.Close()
 			src.Close()
 			f.mu.Lock()
