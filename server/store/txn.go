@@ -71,8 +71,9 @@ func (t *txn) write(ops ...clientv3.Op) { t.ops = append(t.ops, ops...) }
 // all, then fails with ErrConflict. It returns the committed transaction's
 // response (its Responses are those of apply's writes, in order).
 //
-// Every single-key read is guarded (see txn.guard) before apply sees it;
-// range reads are not (see txn.list). An error of apply ends the update at
+// Every single-key read is guarded (see txn.guard) before apply sees it, at
+// the revision it was found at (so a single-key read must return the key:
+// no count-only or keys-only options); range reads are not (see txn.list). An error of apply ends the update at
 // once with that error: a caller's expected revision that does not hold, or
 // a failed validation, is an answer, not a race to retry.
 //
