@@ -18,6 +18,7 @@ import (
 	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/store"
 )
 
 // TestNoAckedWriteLostWhenAnEtcdMemberDies runs a halo-server on a
@@ -144,7 +145,7 @@ func TestNoAckedWriteLostWhenAnEtcdMemberDies(t *testing.T) {
 			continue
 		}
 		ec := servertest.EtcdClient(t, cluster.Endpoint(i))
-		resp, err := ec.Get(ctx, "/halo/v1/nodes/prod/", clientv3.WithPrefix())
+		resp, err := ec.Get(ctx, store.NewKeys(store.DefaultPrefix).NodesPrefix("prod"), clientv3.WithPrefix())
 		if err != nil {
 			t.Fatalf("member %d: %v", i, err)
 		}
@@ -154,7 +155,7 @@ func TestNoAckedWriteLostWhenAnEtcdMemberDies(t *testing.T) {
 		}
 		lost := 0
 		for name, rev := range acked {
-			if stored["/halo/v1/nodes/prod/"+name] != rev {
+			if stored[store.NewKeys(store.DefaultPrefix).Node("prod", name)] != rev {
 				lost++
 			}
 		}

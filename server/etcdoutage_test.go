@@ -19,6 +19,7 @@ import (
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/ads/adstest"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/store"
 )
 
 // TestEtcdDownAndBack (server_test.go) shows health and admin writes
@@ -275,7 +276,7 @@ func TestXDSCatchesUpAfterCompaction(t *testing.T) {
 
 	// a's lease expires: it is no longer registered.
 	poll(t, "a's registration expired", func() bool {
-		resp, err := etcd.Client.Get(ctxT(t), "/halo/v1/replicas/replica-a")
+		resp, err := etcd.Client.Get(ctxT(t), store.NewKeys(store.DefaultPrefix).Replica("replica-a"))
 		return err == nil && len(resp.Kvs) == 0
 	})
 	// Meanwhile a serves what it had, to the node connected before and to

@@ -392,7 +392,7 @@ func (s *Server) watchEtcdHealth(ctx context.Context, client *clientv3.Client, h
 		case <-timer.C:
 		}
 		cctx, cancel := context.WithTimeout(ctx, s.cfg.HealthInterval)
-		_, err := client.Get(clientv3.WithRequireLeader(cctx), s.cfg.EtcdPrefix+"clusters/", clientv3.WithCountOnly())
+		_, err := client.Get(clientv3.WithRequireLeader(cctx), store.NewKeys(s.cfg.EtcdPrefix).ClustersPrefix(), clientv3.WithCountOnly())
 		cancel()
 		if ctx.Err() != nil {
 			return

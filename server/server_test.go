@@ -29,6 +29,7 @@ import (
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/store"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -239,7 +240,8 @@ func TestNodeCRUD(t *testing.T) {
 	if del.GetDeletedNodes() != 4 {
 		t.Fatalf("deleted %d nodes, want 4", del.GetDeletedNodes())
 	}
-	for _, prefix := range []string{"/halo/v1/clusters/", "/halo/v1/nodes/", "/halo/v1/index/"} {
+	keys := store.NewKeys(store.DefaultPrefix)
+	for _, prefix := range []string{keys.Cluster("prod"), keys.NodesPrefix("prod"), keys.IndexPrefix("prod"), keys.HealthPrefix("prod")} {
 		resp, err := srv.Etcd.Get(ctx, prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
 		if err != nil {
 			t.Fatal(err)

@@ -677,7 +677,7 @@ func TestDeadReplicaVanishes(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Port 1 on loopback: privileged, and nothing listens there.
-	if _, err := srv.Etcd.Put(ctx, "/halo/v1/replicas/ghost", "127.0.0.1:1", clientv3.WithLease(lease.ID)); err != nil {
+	if _, err := srv.Etcd.Put(ctx, store.NewKeys(store.DefaultPrefix).Replica("ghost"), "127.0.0.1:1", clientv3.WithLease(lease.ID)); err != nil {
 		t.Fatal(err)
 	}
 	sc := halov1.NewStatusServiceClient(srv.Conn)

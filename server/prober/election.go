@@ -11,6 +11,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/halolb/halo/internal/backoff"
+	"github.com/halolb/halo/server/store"
 )
 
 // DefaultElectionTTL is the election session's TTL: a leader that dies
@@ -22,8 +23,8 @@ const DefaultElectionTTL = 3 * time.Second
 type Election struct {
 	// Client is the etcd client.
 	Client *clientv3.Client
-	// Prefix is halo's etcd key prefix; the election lives under
-	// <prefix>prober-election/.
+	// Prefix is halo's etcd key prefix (store.Keys says where the election
+	// lives under it). Default store.DefaultPrefix; it must end in "/".
 	Prefix string
 	// Name is this replica's name, shown as the prober's leader.
 	Name string
@@ -33,8 +34,6 @@ type Election struct {
 	Logger *slog.Logger
 }
 
-func (e *Election) key() string { return e.Prefix + "prober-election/" }
-
 // Run campaigns until ctx is done. While this replica leads it runs
 // lead(lctx), where lctx ends when leadership is lost (the session's lease
 // expired: etcd unreachable for longer than the TTL) or ctx ends; then it
@@ -43,6 +42,9 @@ func (e *Election) key() string { return e.Prefix + "prober-election/" }
 func (e *Election) Run(ctx context.Context, lead func(ctx context.Context)) error {
 	if e.Client == nil || e.Name == "" {
 		return errors.New("health: election: Client and Name are required")
+	}
+	if err := store.CheckPrefix(e.Prefix); err != nil {
+		return fmt.Errorf("health: election: Prefix: %w", err)
 	}
 	log := e.Logger
 	if log == nil {
@@ -82,7 +84,7 @@ func (e *Election) term(ctx context.Context, ttl time.Duration, log *slog.Logger
 		_, _ = e.Client.Revoke(rctx, sess.Lease())
 		rcancel()
 	}()
-	el := concurrency.NewElection(sess, e.key())
+	el := concurrency.NewElection(sess, store.NewKeys(e.Prefix).ProberElectionPrefix())
 	if err := el.Campaign(sctx, e.Name); err != nil {
 		if ctx.Err() != nil {
 			return nil
@@ -108,7 +110,7 @@ func (e *Election) term(ctx context.Context, ttl time.Duration, log *slog.Logger
 
 // Leader returns the name of the replica leading the probes, or "".
 func Leader(ctx context.Context, client *clientv3.Client, prefix string) (string, error) {
-	resp, err := client.Get(ctx, prefix+"prober-election/", clientv3.WithFirstCreate()...)
+	resp, err := client.Get(ctx, store.NewKeys(prefix).ProberElectionPrefix(), clientv3.WithFirstCreate()...)
 	if err != nil {
 		return "", fmt.Errorf("health: leader: %w", err)
 	}

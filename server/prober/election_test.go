@@ -6,9 +6,12 @@ import (
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server/prober"
 	"github.com/halolb/halo/server/servertest"
+	"github.com/halolb/halo/server/store"
 )
 
 // replica runs an election for name; leading reports whether its lead
@@ -72,6 +75,20 @@ func TestElectionOneLeaderAndFailover(t *testing.T) {
 	}
 	if got := leader(); got != "a" {
 		t.Fatalf("leader %q, want a", got)
+	}
+	// The election's keys are where store.Keys says.
+	keys := store.NewKeys("/halo/v1/")
+	resp, err := e.Client.Get(context.Background(), keys.Prefix(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if k, ok := keys.Parse(string(kv.Key)); !ok || k.Type != store.KeyProberElection {
+			t.Errorf("election key %s is not a prober-election key of store.Keys", kv.Key)
+		}
+	}
+	if len(resp.Kvs) == 0 {
+		t.Error("no election key")
 	}
 	// b waits while a leads (give it the time a campaign takes, then check
 	// it did not start; the leader key says the same).

@@ -15,6 +15,7 @@ import (
 	"go.etcd.io/etcd/client/v3/concurrency"
 
 	"github.com/halolb/halo/internal/backoff"
+	"github.com/halolb/halo/server/store"
 )
 
 // DefaultTTL is how long a replica stays listed after it stops renewing.
@@ -32,7 +33,8 @@ type Replica struct {
 type Config struct {
 	// Client is the etcd client. Required.
 	Client *clientv3.Client
-	// Prefix is halo's key prefix; replicas live under <Prefix>replicas/.
+	// Prefix is halo's key prefix (store.Keys says where the replicas
+	// live under it). Default store.DefaultPrefix; it must end in "/".
 	Prefix string
 	// Self is this replica. Required.
 	Self Replica
@@ -46,6 +48,7 @@ type Config struct {
 // Registration keeps one replica registered while it runs.
 type Registration struct {
 	cfg Config
+	key string
 }
 
 // New returns a Registration. It starts nothing.
@@ -56,16 +59,17 @@ func New(cfg Config) (*Registration, error) {
 	if strings.Contains(cfg.Self.Name, "/") {
 		return nil, fmt.Errorf("replicas: name %q must not contain /", cfg.Self.Name)
 	}
+	if err := store.CheckPrefix(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("replicas: Config.Prefix: %w", err)
+	}
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultTTL
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Registration{cfg: cfg}, nil
+	return &Registration{cfg: cfg, key: store.NewKeys(cfg.Prefix).Replica(cfg.Self.Name)}, nil
 }
-
-func key(prefix, name string) string { return prefix + "replicas/" + name }
 
 // Run registers the replica and keeps the lease alive until ctx ends, then
 // revokes it so the replica disappears at once. If etcd loses the lease
@@ -80,7 +84,7 @@ func (r *Registration) Run(ctx context.Context) error {
 		sess, err := concurrency.NewSession(r.cfg.Client, concurrency.WithTTL(ttl), concurrency.WithContext(sctx))
 		if err == nil {
 			pctx, pcancel := context.WithTimeout(ctx, r.cfg.TTL)
-			_, err = r.cfg.Client.Put(pctx, key(r.cfg.Prefix, r.cfg.Self.Name), r.cfg.Self.Address, clientv3.WithLease(sess.Lease()))
+			_, err = r.cfg.Client.Put(pctx, r.key, r.cfg.Self.Address, clientv3.WithLease(sess.Lease()))
 			pcancel()
 			if err == nil {
 				r.cfg.Logger.Debug("replica registered", "replica", r.cfg.Self.Name, "address", r.cfg.Self.Address)
@@ -105,15 +109,19 @@ func (r *Registration) Run(ctx context.Context) error {
 	}
 }
 
-// List returns the registered replicas.
+// List returns the replicas registered under halo's key prefix, sorted by
+// name.
 func List(ctx context.Context, client *clientv3.Client, prefix string) ([]Replica, error) {
-	resp, err := client.Get(ctx, prefix+"replicas/", clientv3.WithPrefix())
+	keys := store.NewKeys(prefix)
+	resp, err := client.Get(ctx, keys.ReplicasPrefix(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("replicas: list: %w", err)
 	}
 	out := make([]Replica, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, Replica{Name: strings.TrimPrefix(string(kv.Key), prefix+"replicas/"), Address: string(kv.Value)})
+		if k, ok := keys.Parse(string(kv.Key)); ok && k.Type == store.KeyReplica {
+			out = append(out, Replica{Name: k.Name, Address: string(kv.Value)})
+		}
 	}
 	return out, nil
 }

@@ -5,37 +5,12 @@ import (
 	"fmt"
 	"sort"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 )
-
-// Health keys, under the prefix:
-//
-//	health/<cluster>/<kind>/<node>   a BackendStatus, written by the prober
-//	                                 at each transition (kind: apiserver, etcd)
-
-func kindName(k halov1.BackendKind) string {
-	if k == halov1.BackendKind_BACKEND_KIND_ETCD {
-		return "etcd"
-	}
-	return "apiserver"
-}
-
-func (s *Store) healthPrefix(cluster string) string { return s.prefix + "health/" + cluster + "/" }
-
-func (s *Store) healthKey(cluster string, kind halov1.BackendKind, node string) string {
-	return s.healthPrefix(cluster) + kindName(kind) + "/" + node
-}
-
-// healthKeys are a node's health keys (one per kind).
-func (s *Store) healthKeys(cluster, node string) []string {
-	return []string{
-		s.healthKey(cluster, halov1.BackendKind_BACKEND_KIND_APISERVER, node),
-		s.healthKey(cluster, halov1.BackendKind_BACKEND_KIND_ETCD, node),
-	}
-}
 
 // PutBackendStatus stores a backend's health (the prober calls it at each
 // transition), unless the node no longer exists: a status never outlives
@@ -45,10 +20,10 @@ func (s *Store) PutBackendStatus(ctx context.Context, st *halov1.BackendStatus) 
 	if err != nil {
 		return fmt.Errorf("store: encode backend status: %w", err)
 	}
-	node := s.nodeKey(st.GetCluster(), st.GetNode())
+	node := s.keys.Node(st.GetCluster(), st.GetNode())
 	wr, err := s.commit(ctx, "put backend status",
 		[]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(node), ">", 0)},
-		[]clientv3.Op{clientv3.OpPut(s.healthKey(st.GetCluster(), st.GetKind(), st.GetNode()), string(v))})
+		[]clientv3.Op{clientv3.OpPut(s.keys.Health(st.GetCluster(), st.GetKind(), st.GetNode()), string(v))})
 	if err != nil {
 		return err
 	}
@@ -61,9 +36,9 @@ func (s *Store) PutBackendStatus(ctx context.Context, st *halov1.BackendStatus) 
 // BackendStatuses returns the stored health of a cluster's backends
 // (every cluster's with cluster ""), sorted by cluster, node and kind.
 func (s *Store) BackendStatuses(ctx context.Context, cluster string) ([]*halov1.BackendStatus, int64, error) {
-	prefix := s.prefix + "health/"
+	prefix := s.keys.AllHealthPrefix()
 	if cluster != "" {
-		prefix = s.healthPrefix(cluster)
+		prefix = s.keys.HealthPrefix(cluster)
 	}
 	resp, err := s.read(ctx, "list backend statuses", clientv3.OpGet(prefix, clientv3.WithPrefix()))
 	if err != nil {
@@ -71,12 +46,9 @@ func (s *Store) BackendStatuses(ctx context.Context, cluster string) ([]*halov1.
 	}
 	var out []*halov1.BackendStatus
 	for _, kv := range resp.Responses[0].GetResponseRange().GetKvs() {
-		st := &halov1.BackendStatus{}
-		if err := proto.Unmarshal(kv.Value, st); err != nil {
-			s.log.Error("undecodable backend status in etcd", "key", string(kv.Key), "error", err)
-			continue
+		if st := s.decodeBackendStatus(kv); st != nil {
+			out = append(out, st)
 		}
-		out = append(out, st)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -89,4 +61,15 @@ func (s *Store) BackendStatuses(ctx context.Context, cluster string) ([]*halov1.
 		return a.GetKind() < b.GetKind()
 	})
 	return out, resp.Header.Revision, nil
+}
+
+// decodeBackendStatus decodes a health key's value; nil (and logged) if it
+// cannot: one bad status must not hide the topology or the other statuses.
+func (s *Store) decodeBackendStatus(kv *mvccpb.KeyValue) *halov1.BackendStatus {
+	st := &halov1.BackendStatus{}
+	if err := proto.Unmarshal(kv.Value, st); err != nil {
+		s.log.Error("undecodable backend status in etcd", "key", string(kv.Key), "error", err)
+		return nil
+	}
+	return st
 }

@@ -1,9 +1,10 @@
 // Package store keeps halo's topology in etcd: one key per cluster and one
-// per node under a prefix. Every write is one etcd transaction that is
-// validated against the whole cluster as read at one revision and that only
-// commits if nothing it read has changed since, so concurrent admins never
-// silently overwrite each other and a write is stored completely or not at
-// all.
+// per node under a prefix, laid out by Keys (keys.go), which also places the
+// keys of the other etcd users of halo-server. Every write is one etcd
+// transaction (update, txn.go) validated against what it read at one
+// revision and that only commits if nothing it relied on has changed since,
+// so concurrent admins never silently overwrite each other and a write is
+// stored completely or not at all.
 package store
 
 import (
@@ -62,10 +63,6 @@ const DefaultPrefix = "/halo/v1/"
 // DefaultRequestTimeout bounds each etcd request.
 const DefaultRequestTimeout = 5 * time.Second
 
-// maxAttempts bounds the retries of a write that lost a race it did not ask
-// to detect (expected revision 0).
-const maxAttempts = 16
-
 // Config configures a Store.
 type Config struct {
 	// Client is the etcd client. Required; the caller closes it.
@@ -82,7 +79,7 @@ type Config struct {
 // Store reads and writes the topology in etcd. It is safe for concurrent use.
 type Store struct {
 	client  *clientv3.Client
-	prefix  string
+	keys    Keys
 	timeout time.Duration
 	log     *slog.Logger
 }
@@ -95,8 +92,8 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = DefaultPrefix
 	}
-	if !strings.HasSuffix(cfg.Prefix, "/") {
-		return nil, fmt.Errorf("store: Config.Prefix %q must end in /", cfg.Prefix)
+	if err := CheckPrefix(cfg.Prefix); err != nil {
+		return nil, fmt.Errorf("store: Config.Prefix: %w", err)
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
@@ -104,47 +101,11 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Store{client: cfg.Client, prefix: cfg.Prefix, timeout: cfg.RequestTimeout, log: cfg.Logger}, nil
+	return &Store{client: cfg.Client, keys: NewKeys(cfg.Prefix), timeout: cfg.RequestTimeout, log: cfg.Logger}, nil
 }
 
-// Keys, under the prefix (names cannot hold '/', which validation
-// guarantees):
-//
-//	clusters/<cluster>                  a Cluster
-//	nodes/<cluster>/<node>              a Node
-//	index/<cluster>/ip/<ip>             the node holding that ip
-//	index/<cluster>/master-ordinal/<n>  the master holding that ordinal
-//	index/<cluster>/load-balancer/<node>
-//	health/<cluster>/<kind>/<node>      a BackendStatus (health.go)
-//
-// The index keys let a node write check uniqueness and commit by comparing
-// a few keys, instead of reading (and racing with) every node of the
-// cluster, so that nodes can be registered in parallel.
-func (s *Store) clusterKey(name string) string     { return s.prefix + "clusters/" + name }
-func (s *Store) clustersPrefix() string            { return s.prefix + "clusters/" }
-func (s *Store) nodesPrefix(cluster string) string { return s.prefix + "nodes/" + cluster + "/" }
-func (s *Store) nodeKey(cluster, name string) string {
-	return s.nodesPrefix(cluster) + name
-}
-func (s *Store) indexPrefix(cluster string) string { return s.prefix + "index/" + cluster + "/" }
-func (s *Store) lbIndexPrefix(cluster string) string {
-	return s.indexPrefix(cluster) + "load-balancer/"
-}
-func (s *Store) uniqueKey(cluster string, u topology.UniqueValue) string {
-	return s.indexPrefix(cluster) + u.Kind + "/" + u.Value
-}
-
-// indexKeys are the index keys a stored node owns.
-func (s *Store) indexKeys(n *halov1.Node) []string {
-	var keys []string
-	for _, u := range topology.UniqueValues(n) {
-		keys = append(keys, s.uniqueKey(n.GetCluster(), u))
-	}
-	if topology.HasRole(n, halov1.Role_ROLE_LOAD_BALANCER) {
-		keys = append(keys, s.lbIndexPrefix(n.GetCluster())+n.GetName())
-	}
-	return keys
-}
+// Keys is the layout of the store's keys.
+func (s *Store) Keys() Keys { return s.keys }
 
 // read runs read-only operations at one revision.
 func (s *Store) read(ctx context.Context, op string, ops ...clientv3.Op) (*clientv3.TxnResponse, error) {
@@ -243,8 +204,8 @@ func checkExpected(what string, expected, stored int64) error {
 // revision, and that revision.
 func (s *Store) Topology(ctx context.Context, cluster string) (*halov1.Cluster, []*halov1.Node, int64, error) {
 	resp, err := s.read(ctx, "read cluster "+cluster,
-		clientv3.OpGet(s.clusterKey(cluster)),
-		clientv3.OpGet(s.nodesPrefix(cluster), clientv3.WithPrefix()))
+		clientv3.OpGet(s.keys.Cluster(cluster)),
+		clientv3.OpGet(s.keys.NodesPrefix(cluster), clientv3.WithPrefix()))
 	if err != nil {
 		return nil, nil, 0, err
 	}
@@ -275,9 +236,9 @@ type ClusterTopology struct {
 // that revision: the starting point of a Watch from revision + 1.
 func (s *Store) LoadAll(ctx context.Context) (map[string]*ClusterTopology, int64, error) {
 	resp, err := s.read(ctx, "load all",
-		clientv3.OpGet(s.clustersPrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.prefix+"nodes/", clientv3.WithPrefix()),
-		clientv3.OpGet(s.prefix+"health/", clientv3.WithPrefix()))
+		clientv3.OpGet(s.keys.ClustersPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.keys.AllNodesPrefix(), clientv3.WithPrefix()),
+		clientv3.OpGet(s.keys.AllHealthPrefix(), clientv3.WithPrefix()))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -299,9 +260,8 @@ func (s *Store) LoadAll(ctx context.Context) (map[string]*ClusterTopology, int64
 		}
 	}
 	for _, kv := range resp.Responses[2].GetResponseRange().GetKvs() {
-		st := &halov1.BackendStatus{}
-		if err := proto.Unmarshal(kv.Value, st); err != nil {
-			s.log.Error("undecodable backend status in etcd", "key", string(kv.Key), "error", err)
+		st := s.decodeBackendStatus(kv)
+		if st == nil {
 			continue
 		}
 		if t := out[st.GetCluster()]; t != nil {
@@ -323,57 +283,48 @@ func (s *Store) PutCluster(ctx context.Context, c *halov1.Cluster, expected int6
 	if err != nil {
 		return nil, err
 	}
-	key, what := s.clusterKey(c.GetName()), fmt.Sprintf("cluster %q", c.GetName())
-	for range maxAttempts {
-		resp, err := s.read(ctx, "put "+what,
-			clientv3.OpGet(key),
-			clientv3.OpGet(s.nodesPrefix(c.GetName()), clientv3.WithPrefix()))
-		if err != nil {
-			return nil, err
-		}
-		var stored int64
-		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			stored = kvs[0].ModRevision
-		}
-		if err := checkExpected(what, expected, stored); err != nil {
-			return nil, err
-		}
-		nodes, err := decodeNodes(resp.Responses[1].GetResponseRange().GetKvs())
-		if err != nil {
-			return nil, err
-		}
-		if err := topology.ValidateClusterNodes(c, nodes); err != nil {
-			return nil, err
-		}
-		cmps := []clientv3.Cmp{
-			clientv3.Compare(clientv3.ModRevision(key), "=", stored),
-			// The cluster was checked against the stored load-balancer
-			// nodes: none has joined since (its index key would be newer)
-			// and none has changed.
-			clientv3.Compare(clientv3.ModRevision(s.lbIndexPrefix(c.GetName())).WithPrefix(), "<", resp.Header.Revision+1),
-		}
-		for _, n := range nodes {
-			if topology.HasRole(n, halov1.Role_ROLE_LOAD_BALANCER) {
-				cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.nodeKey(c.GetName(), n.GetName())), "=", n.GetRevision()))
+	key, what := s.keys.Cluster(c.GetName()), fmt.Sprintf("cluster %q", c.GetName())
+	nodesPrefix := s.keys.NodesPrefix(c.GetName())
+	wr, err := s.update(ctx, "put "+what, []clientv3.Op{clientv3.OpGet(key), clientv3.OpGet(nodesPrefix, clientv3.WithPrefix())},
+		func(t *txn) error {
+			var stored int64
+			if kv := t.get(key); kv != nil {
+				stored = kv.ModRevision
 			}
-		}
-		wr, err := s.commit(ctx, "put "+what, cmps, []clientv3.Op{clientv3.OpPut(key, val)})
-		if err != nil {
-			return nil, err
-		}
-		if wr.Succeeded {
-			out := proto.Clone(c).(*halov1.Cluster)
-			out.Revision = wr.Header.Revision
-			s.log.Info("cluster stored", "cluster", c.GetName(), "revision", out.Revision)
-			return out, nil
-		}
+			if err := checkExpected(what, expected, stored); err != nil {
+				return err
+			}
+			nodes, err := decodeNodes(t.list(nodesPrefix))
+			if err != nil {
+				return err
+			}
+			if err := topology.ValidateClusterNodes(c, nodes); err != nil {
+				return err
+			}
+			// The cluster was checked against the stored load-balancer nodes
+			// (the others do not depend on it): none has joined since (its
+			// index key would be newer), and none has changed or gone.
+			t.guardRange(s.keys.LoadBalancersPrefix(c.GetName()))
+			for _, n := range nodes {
+				if topology.HasRole(n, halov1.Role_ROLE_LOAD_BALANCER) {
+					t.guard(s.keys.Node(c.GetName(), n.GetName()), n.GetRevision())
+				}
+			}
+			t.write(clientv3.OpPut(key, val))
+			return nil
+		})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: put %s: concurrent writes kept changing it; try again: %w", what, ErrConflict)
+	out := proto.Clone(c).(*halov1.Cluster)
+	out.Revision = wr.Header.Revision
+	s.log.Info("cluster stored", "cluster", c.GetName(), "revision", out.Revision)
+	return out, nil
 }
 
 // GetCluster returns one cluster.
 func (s *Store) GetCluster(ctx context.Context, name string) (*halov1.Cluster, error) {
-	resp, err := s.read(ctx, "get cluster "+name, clientv3.OpGet(s.clusterKey(name)))
+	resp, err := s.read(ctx, "get cluster "+name, clientv3.OpGet(s.keys.Cluster(name)))
 	if err != nil {
 		return nil, err
 	}
@@ -387,7 +338,7 @@ func (s *Store) GetCluster(ctx context.Context, name string) (*halov1.Cluster, e
 // ListClusters returns every cluster, sorted by name, and the revision they
 // were read at.
 func (s *Store) ListClusters(ctx context.Context) ([]*halov1.Cluster, int64, error) {
-	resp, err := s.read(ctx, "list clusters", clientv3.OpGet(s.clustersPrefix(), clientv3.WithPrefix()))
+	resp, err := s.read(ctx, "list clusters", clientv3.OpGet(s.keys.ClustersPrefix(), clientv3.WithPrefix()))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -406,54 +357,43 @@ func (s *Store) ListClusters(ctx context.Context) ([]*halov1.Cluster, int64, err
 // DeleteCluster deletes a cluster; with force, its nodes too, in the same
 // write. It returns the revision of the deletion and how many nodes went.
 func (s *Store) DeleteCluster(ctx context.Context, name string, force bool, expected int64) (int64, int, error) {
-	key, what := s.clusterKey(name), fmt.Sprintf("cluster %q", name)
-	for range maxAttempts {
-		resp, err := s.read(ctx, "delete "+what,
-			clientv3.OpGet(key),
-			clientv3.OpGet(s.nodesPrefix(name), clientv3.WithPrefix(), clientv3.WithKeysOnly()))
-		if err != nil {
-			return 0, 0, err
-		}
-		kvs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(kvs) == 0 {
-			return 0, 0, fmt.Errorf("store: delete %s: %w", what, ErrNotFound)
-		}
-		stored := kvs[0].ModRevision
-		if expected == -1 {
-			return 0, 0, fmt.Errorf("store: delete %s: expected_revision -1 (create only) makes no sense for a delete: %w", what, ErrConflict)
-		}
-		if err := checkExpected(what, expected, stored); err != nil {
-			return 0, 0, err
-		}
-		nodeKVs := resp.Responses[1].GetResponseRange().GetKvs()
-		if len(nodeKVs) > 0 && !force {
-			names := make([]string, 0, len(nodeKVs))
-			for _, kv := range nodeKVs {
-				names = append(names, strings.TrimPrefix(string(kv.Key), s.nodesPrefix(name)))
+	key, what := s.keys.Cluster(name), fmt.Sprintf("cluster %q", name)
+	nodesPrefix := s.keys.NodesPrefix(name)
+	wr, err := s.update(ctx, "delete "+what, []clientv3.Op{clientv3.OpGet(key), clientv3.OpGet(nodesPrefix, clientv3.WithPrefix(), clientv3.WithKeysOnly())},
+		func(t *txn) error {
+			kv := t.get(key)
+			if kv == nil {
+				return fmt.Errorf("store: delete %s: %w", what, ErrNotFound)
 			}
-			return 0, 0, fmt.Errorf("store: delete %s: it still has %d nodes (%s); delete them first, or set force to delete them with it: %w",
-				what, len(names), summarize(names), ErrFailedPrecondition)
-		}
-		wr, err := s.commit(ctx, "delete "+what, []clientv3.Cmp{
-			clientv3.Compare(clientv3.ModRevision(key), "=", stored),
+			if expected == -1 {
+				return fmt.Errorf("store: delete %s: expected_revision -1 (create only) makes no sense for a delete: %w", what, ErrConflict)
+			}
+			if err := checkExpected(what, expected, kv.ModRevision); err != nil {
+				return err
+			}
+			if nodeKVs := t.list(nodesPrefix); len(nodeKVs) > 0 && !force {
+				names := make([]string, 0, len(nodeKVs))
+				for _, kv := range nodeKVs {
+					k, _ := s.keys.Parse(string(kv.Key))
+					names = append(names, k.Name)
+				}
+				return fmt.Errorf("store: delete %s: it still has %d nodes (%s); delete them first, or set force to delete them with it: %w",
+					what, len(names), summarize(names), ErrFailedPrecondition)
+			}
 			// The node set is the one we decided on: none added since the read.
-			clientv3.Compare(clientv3.ModRevision(s.nodesPrefix(name)).WithPrefix(), "<", resp.Header.Revision+1),
-		}, []clientv3.Op{
-			clientv3.OpDelete(key),
-			clientv3.OpDelete(s.nodesPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(s.indexPrefix(name), clientv3.WithPrefix()),
-			clientv3.OpDelete(s.healthPrefix(name), clientv3.WithPrefix()),
+			t.guardRange(nodesPrefix)
+			t.write(clientv3.OpDelete(key),
+				clientv3.OpDelete(nodesPrefix, clientv3.WithPrefix()),
+				clientv3.OpDelete(s.keys.IndexPrefix(name), clientv3.WithPrefix()),
+				clientv3.OpDelete(s.keys.HealthPrefix(name), clientv3.WithPrefix()))
+			return nil
 		})
-		if err != nil {
-			return 0, 0, err
-		}
-		if wr.Succeeded {
-			deleted := int(wr.Responses[1].GetResponseDeleteRange().GetDeleted())
-			s.log.Info("cluster deleted", "cluster", name, "revision", wr.Header.Revision, "deleted_nodes", deleted)
-			return wr.Header.Revision, deleted, nil
-		}
+	if err != nil {
+		return 0, 0, err
 	}
-	return 0, 0, fmt.Errorf("store: delete %s: concurrent writes kept changing it; try again: %w", what, ErrConflict)
+	deleted := int(wr.Responses[1].GetResponseDeleteRange().GetDeleted())
+	s.log.Info("cluster deleted", "cluster", name, "revision", wr.Header.Revision, "deleted_nodes", deleted)
+	return wr.Header.Revision, deleted, nil
 }
 
 func summarize(names []string) string {
@@ -476,87 +416,75 @@ func (s *Store) PutNode(ctx context.Context, n *halov1.Node, expected int64) (*h
 	if err != nil {
 		return nil, err
 	}
-	ckey, nkey := s.clusterKey(n.GetCluster()), s.nodeKey(n.GetCluster(), n.GetName())
+	ckey, nkey := s.keys.Cluster(n.GetCluster()), s.keys.Node(n.GetCluster(), n.GetName())
 	what := fmt.Sprintf("node %q of cluster %q", n.GetName(), n.GetCluster())
 	uniques := topology.UniqueValues(n)
 	reads := []clientv3.Op{clientv3.OpGet(ckey), clientv3.OpGet(nkey)}
 	for _, u := range uniques {
-		reads = append(reads, clientv3.OpGet(s.uniqueKey(n.GetCluster(), u)))
+		reads = append(reads, clientv3.OpGet(s.keys.Unique(n.GetCluster(), u)))
 	}
-	for range maxAttempts {
-		resp, err := s.read(ctx, "put "+what, reads...)
-		if err != nil {
-			return nil, err
+	wr, err := s.update(ctx, "put "+what, reads, func(t *txn) error {
+		ckv := t.get(ckey)
+		if ckv == nil {
+			return fmt.Errorf("store: put %s: cluster %q does not exist; create it with PutCluster first: %w", what, n.GetCluster(), ErrFailedPrecondition)
 		}
-		ckvs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(ckvs) == 0 {
-			return nil, fmt.Errorf("store: put %s: cluster %q does not exist; create it with PutCluster first: %w", what, n.GetCluster(), ErrFailedPrecondition)
-		}
-		c, err := decodeCluster(ckvs[0])
+		c, err := decodeCluster(ckv)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		var old *halov1.Node
-		if kvs := resp.Responses[1].GetResponseRange().GetKvs(); len(kvs) > 0 {
-			if old, err = decodeNode(kvs[0]); err != nil {
-				return nil, err
+		if kv := t.get(nkey); kv != nil {
+			if old, err = decodeNode(kv); err != nil {
+				return err
 			}
 		}
 		if err := checkExpected(what, expected, old.GetRevision()); err != nil {
-			return nil, err
+			return err
 		}
 		if err := topology.ValidateNodeInCluster(c, n); err != nil {
-			return nil, err
+			return err
 		}
-		cmps := []clientv3.Cmp{
-			clientv3.Compare(clientv3.ModRevision(ckey), "=", c.GetRevision()),
-			clientv3.Compare(clientv3.ModRevision(nkey), "=", old.GetRevision()),
-		}
+		// The index keys read are guarded: no other node takes a value
+		// between this check and the commit.
 		var conflicts topology.Error
-		for i, u := range uniques {
-			var mod int64
-			if kvs := resp.Responses[2+i].GetResponseRange().GetKvs(); len(kvs) > 0 {
-				if owner := string(kvs[0].Value); owner != n.GetName() {
+		for _, u := range uniques {
+			if kv := t.get(s.keys.Unique(n.GetCluster(), u)); kv != nil {
+				if owner := string(kv.Value); owner != n.GetName() {
 					var verr *topology.Error
 					errors.As(u.Conflict(owner), &verr)
 					conflicts.Violations = append(conflicts.Violations, verr.Violations...)
 				}
-				mod = kvs[0].ModRevision
 			}
-			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.uniqueKey(n.GetCluster(), u)), "=", mod))
 		}
 		if len(conflicts.Violations) > 0 {
-			return nil, &conflicts
+			return &conflicts
 		}
-		then := []clientv3.Op{clientv3.OpPut(nkey, val)}
-		keys := s.indexKeys(n)
+		t.write(clientv3.OpPut(nkey, val))
+		keys := s.keys.NodeIndex(n)
 		for _, k := range keys {
-			then = append(then, clientv3.OpPut(k, n.GetName()))
+			t.write(clientv3.OpPut(k, n.GetName()))
 		}
 		if old != nil {
-			for _, k := range s.indexKeys(old) {
+			for _, k := range s.keys.NodeIndex(old) {
 				if !slices.Contains(keys, k) {
-					then = append(then, clientv3.OpDelete(k))
+					t.write(clientv3.OpDelete(k))
 				}
 			}
 		}
-		wr, err := s.commit(ctx, "put "+what, cmps, then)
-		if err != nil {
-			return nil, err
-		}
-		if wr.Succeeded {
-			out := proto.Clone(n).(*halov1.Node)
-			out.Revision = wr.Header.Revision
-			s.log.Info("node stored", "cluster", n.GetCluster(), "node", n.GetName(), "revision", out.Revision)
-			return out, nil
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
-	return nil, fmt.Errorf("store: put %s: concurrent writes kept changing the cluster; try again: %w", what, ErrConflict)
+	out := proto.Clone(n).(*halov1.Node)
+	out.Revision = wr.Header.Revision
+	s.log.Info("node stored", "cluster", n.GetCluster(), "node", n.GetName(), "revision", out.Revision)
+	return out, nil
 }
 
 // GetNode returns one node.
 func (s *Store) GetNode(ctx context.Context, cluster, name string) (*halov1.Node, error) {
-	resp, err := s.read(ctx, "get node "+name, clientv3.OpGet(s.nodeKey(cluster, name)))
+	resp, err := s.read(ctx, "get node "+name, clientv3.OpGet(s.keys.Node(cluster, name)))
 	if err != nil {
 		return nil, err
 	}
@@ -571,8 +499,8 @@ func (s *Store) GetNode(ctx context.Context, cluster, name string) (*halov1.Node
 // were read at.
 func (s *Store) ListNodes(ctx context.Context, cluster string) ([]*halov1.Node, int64, error) {
 	resp, err := s.read(ctx, "list nodes of "+cluster,
-		clientv3.OpGet(s.clusterKey(cluster), clientv3.WithCountOnly()),
-		clientv3.OpGet(s.nodesPrefix(cluster), clientv3.WithPrefix()))
+		clientv3.OpGet(s.keys.Cluster(cluster), clientv3.WithCountOnly()),
+		clientv3.OpGet(s.keys.NodesPrefix(cluster), clientv3.WithPrefix()))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -586,41 +514,34 @@ func (s *Store) ListNodes(ctx context.Context, cluster string) ([]*halov1.Node, 
 	return nodes, resp.Header.Revision, nil
 }
 
-// DeleteNode deletes one node, and its index keys, and returns the
-// revision of the deletion.
+// DeleteNode deletes one node, and its index and health keys, and returns
+// the revision of the deletion.
 func (s *Store) DeleteNode(ctx context.Context, cluster, name string, expected int64) (int64, error) {
-	key, what := s.nodeKey(cluster, name), fmt.Sprintf("node %q of cluster %q", name, cluster)
+	key, what := s.keys.Node(cluster, name), fmt.Sprintf("node %q of cluster %q", name, cluster)
 	if expected == -1 {
 		return 0, fmt.Errorf("store: delete %s: expected_revision -1 (create only) makes no sense for a delete: %w", what, ErrConflict)
 	}
-	for range maxAttempts {
-		resp, err := s.read(ctx, "delete "+what, clientv3.OpGet(key))
-		if err != nil {
-			return 0, err
+	wr, err := s.update(ctx, "delete "+what, []clientv3.Op{clientv3.OpGet(key)}, func(t *txn) error {
+		kv := t.get(key)
+		if kv == nil {
+			return fmt.Errorf("store: delete %s: %w", what, ErrNotFound)
 		}
-		kvs := resp.Responses[0].GetResponseRange().GetKvs()
-		if len(kvs) == 0 {
-			return 0, fmt.Errorf("store: delete %s: %w", what, ErrNotFound)
-		}
-		old, err := decodeNode(kvs[0])
+		old, err := decodeNode(kv)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		if err := checkExpected(what, expected, old.GetRevision()); err != nil {
-			return 0, err
+			return err
 		}
-		then := []clientv3.Op{clientv3.OpDelete(key)}
-		for _, k := range append(s.indexKeys(old), s.healthKeys(cluster, name)...) {
-			then = append(then, clientv3.OpDelete(k))
+		t.write(clientv3.OpDelete(key))
+		for _, k := range append(s.keys.NodeIndex(old), s.keys.NodeHealth(cluster, name)...) {
+			t.write(clientv3.OpDelete(k))
 		}
-		wr, err := s.commit(ctx, "delete "+what, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", old.GetRevision())}, then)
-		if err != nil {
-			return 0, err
-		}
-		if wr.Succeeded {
-			s.log.Info("node deleted", "cluster", cluster, "node", name, "revision", wr.Header.Revision)
-			return wr.Header.Revision, nil
-		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
 	}
-	return 0, fmt.Errorf("store: delete %s: concurrent writes kept changing it; try again: %w", what, ErrConflict)
+	s.log.Info("node deleted", "cluster", cluster, "node", name, "revision", wr.Header.Revision)
+	return wr.Header.Revision, nil
 }

@@ -3,12 +3,9 @@ package store
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"google.golang.org/protobuf/proto"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 )
@@ -26,7 +23,7 @@ func (s *Store) Watch(ctx context.Context, cluster string, from int64, send func
 		return fmt.Errorf("store: watch from revision %d: %w", from, ErrCompacted)
 	}
 	if from == 0 {
-		resp, err := s.read(ctx, "watch: read revision", clientv3.OpGet(s.clusterKey(cluster), clientv3.WithCountOnly()))
+		resp, err := s.read(ctx, "watch: read revision", clientv3.OpGet(s.keys.Cluster(cluster), clientv3.WithCountOnly()))
 		if err != nil {
 			return err
 		}
@@ -37,7 +34,7 @@ func (s *Store) Watch(ctx context.Context, cluster string, from int64, send func
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := s.client.Watch(wctx, s.prefix, clientv3.WithPrefix(), clientv3.WithRev(from),
+	wch := s.client.Watch(wctx, s.keys.Prefix(), clientv3.WithPrefix(), clientv3.WithRev(from),
 		clientv3.WithPrevKV(), clientv3.WithProgressNotify())
 	for resp := range wch {
 		if resp.CompactRevision != 0 {
@@ -84,21 +81,20 @@ func (s *Store) Watch(ctx context.Context, cluster string, from int64, send func
 }
 
 // change turns an etcd event into a Change, or nil if the key is not a
-// cluster or node of the watched cluster.
+// cluster, node or backend status of the watched cluster.
 func (s *Store) change(e *clientv3.Event, cluster string) *halov1.Change {
-	key := strings.TrimPrefix(string(e.Kv.Key), s.prefix)
-	kind, rest, _ := strings.Cut(key, "/")
+	key, ok := s.keys.Parse(string(e.Kv.Key))
+	if !ok || (cluster != "" && key.Cluster != cluster) {
+		return nil
+	}
 	kv, typ := e.Kv, halov1.ChangeType_CHANGE_TYPE_PUT
 	if e.Type == mvccpb.DELETE {
 		typ = halov1.ChangeType_CHANGE_TYPE_DELETE
 		kv = e.PrevKv
 	}
-	switch kind {
-	case "clusters":
-		if cluster != "" && rest != cluster {
-			return nil
-		}
-		c := &halov1.Cluster{Name: rest}
+	switch key.Type {
+	case KeyCluster:
+		c := &halov1.Cluster{Name: key.Cluster}
 		if kv != nil {
 			if d, err := decodeCluster(kv); err == nil {
 				c = d
@@ -107,12 +103,8 @@ func (s *Store) change(e *clientv3.Event, cluster string) *halov1.Change {
 			}
 		}
 		return &halov1.Change{Type: typ, Object: &halov1.Change_Cluster{Cluster: c}}
-	case "nodes":
-		cl, name, ok := strings.Cut(rest, "/")
-		if !ok || (cluster != "" && cl != cluster) {
-			return nil
-		}
-		n := &halov1.Node{Cluster: cl, Name: name}
+	case KeyNode:
+		n := &halov1.Node{Cluster: key.Cluster, Name: key.Name}
 		if kv != nil {
 			if d, err := decodeNode(kv); err == nil {
 				n = d
@@ -121,14 +113,12 @@ func (s *Store) change(e *clientv3.Event, cluster string) *halov1.Change {
 			}
 		}
 		return &halov1.Change{Type: typ, Object: &halov1.Change_Node{Node: n}}
-	case "health":
-		cl, _, _ := strings.Cut(rest, "/")
-		if kv == nil || (cluster != "" && cl != cluster) {
+	case KeyHealth:
+		if kv == nil {
 			return nil
 		}
-		st := &halov1.BackendStatus{}
-		if err := proto.Unmarshal(kv.Value, st); err != nil {
-			s.log.Error("undecodable backend status in etcd", "key", string(e.Kv.Key), "error", err)
+		st := s.decodeBackendStatus(kv)
+		if st == nil {
 			return nil
 		}
 		return &halov1.Change{Type: typ, Object: &halov1.Change_BackendStatus{BackendStatus: st}}
