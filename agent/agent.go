@@ -29,6 +29,7 @@ import (
 	"github.com/halolb/halo/agent/proxy"
 	"github.com/halolb/halo/agent/relay"
 	"github.com/halolb/halo/agent/xdsclient"
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // Defaults.
@@ -268,7 +269,7 @@ func (a *Agent) update(_ context.Context, typeURL string, state []*xdsclient.Res
 	if err != nil {
 		return err
 	}
-	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != config.ListenerType {
+	if !a.fromXDS && len(set.Listeners) == 0 && typeURL != xdscontract.ListenerType {
 		// Still on the fallback backends and the servers have not sent
 		// listeners yet (they send them after clusters and endpoints):
 		// keep the fallback listener until they do.
@@ -315,7 +316,8 @@ func buildSet(rs []*xdsclient.Resource) (*config.Set, error) {
 }
 
 // fallbackSet is the static configuration of --fallback-backends: one
-// listener to one least-request cluster, with halo's failover settings.
+// listener to one least-request cluster, with halo's failover settings
+// (xdscontract).
 func fallbackSet(listen netip.AddrPort, backends []netip.AddrPort) *config.Set {
 	eps := &config.Endpoints{Name: FallbackCluster}
 	for _, b := range backends {
@@ -324,15 +326,17 @@ func fallbackSet(listen netip.AddrPort, backends []netip.AddrPort) *config.Set {
 	return &config.Set{
 		Listeners: map[string]*config.Listener{FallbackListener: {
 			Name: FallbackListener, Address: listen, Cluster: FallbackCluster, StatPrefix: FallbackListener,
-			IdleTimeout: 3 * time.Hour, MaxConnectAttempts: 3,
+			IdleTimeout: 3 * time.Hour, MaxConnectAttempts: xdscontract.MaxConnectAttempts,
 		}},
 		Clusters: map[string]*config.Cluster{FallbackCluster: {
 			Name: FallbackCluster, StaticEndpoints: eps, LbPolicy: config.LeastRequest,
-			ConnectTimeout: 5 * time.Second, PanicThreshold: 1,
-			Outlier: &config.Outlier{ConsecutiveFailures: 1, EnforcingPercent: 100, Interval: time.Second,
-				BaseEjectionTime: 5 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 100},
-			Keepalive:      &config.Keepalive{Probes: 3, Time: 30 * time.Second, Interval: 10 * time.Second},
-			MaxConnections: 1 << 20,
+			ConnectTimeout: 5 * time.Second, PanicThreshold: xdscontract.HealthyPanicThreshold,
+			Outlier: &config.Outlier{ConsecutiveFailures: xdscontract.ConsecutiveLocalOriginFailures, EnforcingPercent: 100,
+				Interval: xdscontract.OutlierInterval, BaseEjectionTime: xdscontract.BaseEjectionTime,
+				MaxEjectionTime: xdscontract.MaxEjectionTime, MaxEjectionPercent: xdscontract.MaxEjectionPercent},
+			Keepalive: &config.Keepalive{Probes: xdscontract.KeepaliveProbes, Time: xdscontract.KeepaliveTime,
+				Interval: xdscontract.KeepaliveInterval},
+			MaxConnections: xdscontract.MaxConnections,
 		}},
 		Endpoints: map[string]*config.Endpoints{},
 	}

@@ -37,6 +37,7 @@ import (
 	halov1 "github.com/halolb/halo/gen/halo/v1"
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/internal/waitfor"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/servertest"
 	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
@@ -587,7 +588,7 @@ func pushTampered(t *testing.T, e *env, change func(*testing.T, *snapshot.Snapsh
 		for n, r := range rs {
 			versions[n] = r.Version
 		}
-		snap.Versions[typ] = snapshot.TypeVersion(versions)
+		snap.Versions[typ] = xdscontract.TypeVersion(versions)
 	}
 	cache.Publish(clusterName, snapcache.Update{Snapshots: map[string]*snapshot.Snapshot{view.Profile: snap}, Nodes: map[string]string{"worker-1": view.Profile}})
 }

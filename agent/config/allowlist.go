@@ -17,8 +17,9 @@ import (
 // field: it still checks values (a UDP protocol, a second filter chain,
 // success-rate ejection left on) and refuses what it cannot honour.
 //
-// google.protobuf.Any is never walked: the one Any accepted (a filter's
-// typed_config) is unpacked and walked by the translator.
+// google.protobuf.Any is never walked: the Anys accepted (a filter's
+// typed_config, the halo.rebalance typed metadata) are unpacked and checked
+// by the translator.
 var allowlist = map[protoreflect.FullName][]protoreflect.Name{
 	// LDS.
 	"envoy.config.listener.v3.Listener": {
@@ -38,8 +39,9 @@ var allowlist = map[protoreflect.FullName][]protoreflect.Name{
 		"close_connections_on_host_health_failure", "metadata",
 	},
 	// Metadata is opaque data to a proxy; halo-agent reads its
-	// "halo.rebalance" entry (rebalancing settings, which Envoy ignores).
-	"envoy.config.core.v3.Metadata":                    {"filter_metadata"},
+	// "halo.rebalance" entry (rebalancing settings, which Envoy ignores),
+	// typed or a Struct. The translator refuses any other typed entry.
+	"envoy.config.core.v3.Metadata":                    {"filter_metadata", "typed_filter_metadata"},
 	"google.protobuf.Struct":                           {"fields"},
 	"google.protobuf.Value":                            {"null_value", "number_value", "string_value", "bool_value", "struct_value", "list_value"},
 	"google.protobuf.ListValue":                        {"values"},

@@ -124,7 +124,8 @@ type Cluster struct {
 	MaxConnections int
 	// Rebalance moves long-lived connections back onto an endpoint that
 	// returned or joined (halo's extension, from the cluster's
-	// "halo.rebalance" filter metadata); nil: off.
+	// "halo.rebalance" metadata: xdscontract.RebalanceFromMetadata); nil:
+	// off.
 	Rebalance *Rebalance
 }
 

@@ -3,8 +3,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,8 +19,9 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // Envoy's defaults for the fields halo-agent accepts, applied when a field
@@ -99,7 +102,7 @@ func (e *FieldError) Unwrap() error { return e.err }
 // and v is nil.
 func Decode(a *anypb.Any) (name string, v any, err error) {
 	switch a.GetTypeUrl() {
-	case ListenerType:
+	case xdscontract.ListenerType:
 		m := &listenerv3.Listener{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode listener: %w", err)
@@ -109,7 +112,7 @@ func Decode(a *anypb.Any) (name string, v any, err error) {
 			return m.GetName(), nil, err
 		}
 		return m.GetName(), l, nil
-	case ClusterType:
+	case xdscontract.ClusterType:
 		m := &clusterv3.Cluster{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode cluster: %w", err)
@@ -119,7 +122,7 @@ func Decode(a *anypb.Any) (name string, v any, err error) {
 			return m.GetName(), nil, err
 		}
 		return m.GetName(), c, nil
-	case EndpointType:
+	case xdscontract.EndpointType:
 		m := &endpointv3.ClusterLoadAssignment{}
 		if err := proto.Unmarshal(a.GetValue(), m); err != nil {
 			return "", nil, fmt.Errorf("decode cluster load assignment: %w", err)
@@ -321,12 +324,9 @@ func ClusterFromEnvoy(c *clusterv3.Cluster) (*Cluster, error) {
 		return nil, t.errorf("name", "must be set")
 	}
 	out := &Cluster{Name: c.GetName()}
-	if st := c.GetMetadata().GetFilterMetadata()[RebalanceMetadataKey]; st != nil {
-		r, err := rebalanceFrom(st)
-		if err != nil {
-			return nil, t.errorf("metadata.filter_metadata["+RebalanceMetadataKey+"]", "%v", err)
-		}
-		out.Rebalance = r
+	var err error
+	if out.Rebalance, err = t.rebalance(c.GetMetadata()); err != nil {
+		return nil, err
 	}
 	switch c.GetType() {
 	case clusterv3.Cluster_STATIC:
@@ -391,7 +391,6 @@ func ClusterFromEnvoy(c *clusterv3.Cluster) (*Cluster, error) {
 		}
 	}
 
-	var err error
 	if out.Outlier, err = t.outlier(c.GetOutlierDetection()); err != nil {
 		return nil, err
 	}
@@ -650,42 +649,26 @@ func uint32Or(w *wrapperspb.UInt32Value, def uint32) uint32 {
 	return w.GetValue()
 }
 
-// RebalanceMetadataKey is the cluster filter_metadata entry that carries
-// halo's rebalancing settings (halo-server's snapshot package writes it).
-const RebalanceMetadataKey = "halo.rebalance"
-
-// rebalanceFrom reads rebalancing settings from cluster metadata.
-func rebalanceFrom(st *structpb.Struct) (*Rebalance, error) {
-	num := func(name string) (float64, error) {
-		v, ok := st.GetFields()[name]
-		if !ok {
-			return 0, fmt.Errorf("%s is missing", name)
+// rebalance reads halo's rebalancing settings from cluster metadata
+// (xdscontract.RebalanceFromMetadata: typed, else the older Struct form);
+// nil when absent. typed_filter_metadata holds nothing else: it cannot be
+// walked, so another entry is refused.
+func (t translator) rebalance(md *corev3.Metadata) (*Rebalance, error) {
+	for _, k := range slices.Sorted(maps.Keys(md.GetTypedFilterMetadata())) {
+		if k != xdscontract.RebalanceKey {
+			return nil, t.errorf("metadata.typed_filter_metadata["+k+"]", "not supported by halo-agent (only %s)", xdscontract.RebalanceKey)
 		}
-		n, ok := v.GetKind().(*structpb.Value_NumberValue)
-		if !ok {
-			return 0, fmt.Errorf("%s must be a number", name)
+	}
+	r, err := xdscontract.RebalanceFromMetadata(md)
+	if err != nil {
+		var me *xdscontract.MetadataError
+		if errors.As(err, &me) {
+			return nil, t.errorf("metadata."+me.Field, "%v", me.Err)
 		}
-		return n.NumberValue, nil
+		return nil, t.errorf("metadata", "%v", err)
 	}
-	f, err := num("max_fraction")
-	if err != nil {
-		return nil, err
+	if r == nil {
+		return nil, nil
 	}
-	age, err := num("min_age_seconds")
-	if err != nil {
-		return nil, err
-	}
-	iv, err := num("interval_seconds")
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case !(f > 0 && f <= 1):
-		return nil, fmt.Errorf("max_fraction %v must be in (0, 1]", f)
-	case !(age >= 0 && age <= 86400):
-		return nil, fmt.Errorf("min_age_seconds %v must be in [0, 86400]", age)
-	case !(iv > 0 && iv <= 86400):
-		return nil, fmt.Errorf("interval_seconds %v must be in (0, 86400]", iv)
-	}
-	return &Rebalance{MaxFraction: f, MinAge: time.Duration(age * float64(time.Second)), Interval: time.Duration(iv * float64(time.Second))}, nil
+	return &Rebalance{MaxFraction: r.GetMaxFraction(), MinAge: r.GetMinAge().AsDuration(), Interval: r.GetInterval().AsDuration()}, nil
 }

@@ -20,7 +20,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/halolb/halo/agent/config"
-	"github.com/halolb/halo/server/snapshot"
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 var updateCorpus = flag.Bool("update-corpus", false, "rewrite testdata/fuzz/* from halo's snapshots and the test fixtures")
@@ -192,7 +192,7 @@ func check(t *testing.T, ok bool, format string, args ...any) {
 // TestSeedsAccepted: the halo seeds are accepted (so the fuzzers start
 // from the interesting side of the allowlist).
 func TestSeedsAccepted(t *testing.T) {
-	for _, typ := range snapshot.Types {
+	for _, typ := range xdscontract.Types {
 		var ok int
 		for _, b := range seeds(t, typ) {
 			if _, _, err := config.Decode(&anypb.Any{TypeUrl: typ, Value: b}); err == nil {

@@ -12,12 +12,14 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/halolb/halo/agent/config"
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/snapshot/snapshottest"
 )
@@ -96,7 +98,7 @@ func TestHaloResourcesAccepted(t *testing.T) {
 	for key, s := range snaps {
 		t.Run(key, func(t *testing.T) {
 			set := &config.Set{Listeners: map[string]*config.Listener{}, Clusters: map[string]*config.Cluster{}, Endpoints: map[string]*config.Endpoints{}}
-			for _, typ := range snapshot.Types {
+			for _, typ := range xdscontract.Types {
 				for name, r := range s.Resources[typ] {
 					gotName, v, err := config.Decode(r.Any)
 					if err != nil {
@@ -113,7 +115,7 @@ func TestHaloResourcesAccepted(t *testing.T) {
 						}
 					case *clusterv3.Cluster:
 						set.Clusters[name] = v.(*config.Cluster)
-						if d := cmp.Diff(wantCluster(m), v, addrs); d != "" {
+						if d := cmp.Diff(wantCluster(t, m), v, addrs); d != "" {
 							t.Errorf("cluster %s (-want +got):\n%s", name, d)
 						}
 					case *endpointv3.ClusterLoadAssignment:
@@ -134,7 +136,7 @@ func TestHaloResourcesAccepted(t *testing.T) {
 				}
 			}
 			slices.Sort(eds)
-			if got, want := slices.Compact(eds), s.Names(resource.EndpointType); !slices.Equal(got, want) {
+			if got, want := slices.Compact(eds), s.Names(xdscontract.EndpointType); !slices.Equal(got, want) {
 				t.Errorf("EDS service names %v, want %v", got, want)
 			}
 		})
@@ -165,7 +167,8 @@ func wantListener(t *testing.T, l *listenerv3.Listener) *config.Listener {
 
 // wantCluster reads the cluster's fields directly, relying on halo setting
 // every one it needs (it does: no Envoy default is left to chance).
-func wantCluster(c *clusterv3.Cluster) *config.Cluster {
+func wantCluster(t *testing.T, c *clusterv3.Cluster) *config.Cluster {
+	t.Helper()
 	policy := map[clusterv3.Cluster_LbPolicy]config.LbPolicy{
 		clusterv3.Cluster_LEAST_REQUEST: config.LeastRequest,
 		clusterv3.Cluster_ROUND_ROBIN:   config.RoundRobin,
@@ -174,11 +177,10 @@ func wantCluster(c *clusterv3.Cluster) *config.Cluster {
 	od := c.GetOutlierDetection()
 	ka := c.GetUpstreamConnectionOptions().GetTcpKeepalive()
 	var rb *config.Rebalance
-	if st := c.GetMetadata().GetFilterMetadata()[config.RebalanceMetadataKey]; st != nil {
-		f := st.GetFields()
-		rb = &config.Rebalance{MaxFraction: f["max_fraction"].GetNumberValue(),
-			MinAge:   time.Duration(f["min_age_seconds"].GetNumberValue()) * time.Second,
-			Interval: time.Duration(f["interval_seconds"].GetNumberValue()) * time.Second}
+	if r, err := xdscontract.RebalanceFromMetadata(c.GetMetadata()); err != nil {
+		t.Fatal(err)
+	} else if r != nil {
+		rb = &config.Rebalance{MaxFraction: r.GetMaxFraction(), MinAge: r.GetMinAge().AsDuration(), Interval: r.GetInterval().AsDuration()}
 	}
 	return &config.Cluster{
 		Name:           c.GetName(),
@@ -233,51 +235,71 @@ func wantEndpoints(t *testing.T, c *endpointv3.ClusterLoadAssignment) *config.En
 	return out
 }
 
-// TestHaloSettings pins what halo's cluster means to the agent, so that a
-// change on the server side that the agent would read differently shows.
+// TestHaloSettings: halo's failover settings (xdscontract) mean to the
+// agent what they say, so that a change on the server side that the agent
+// would read differently shows.
 func TestHaloSettings(t *testing.T) {
 	res := snapshot.Build(snapshot.Input{Cluster: &halov1.Cluster{Name: "prod"}, Nodes: nodes()})
 	s := res.Snapshots["prod/apiserver-local"]
-	_, v, err := config.Decode(s.Get(resource.ClusterType, snapshot.ClusterAPIServer).Any)
+	_, v, err := config.Decode(s.Get(xdscontract.ClusterType, snapshot.ClusterAPIServer).Any)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := v.(*config.Cluster)
-	want := &config.Outlier{ConsecutiveFailures: 1, EnforcingPercent: 100, Interval: time.Second,
-		BaseEjectionTime: 5 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 100}
+	want := &config.Outlier{ConsecutiveFailures: xdscontract.ConsecutiveLocalOriginFailures, EnforcingPercent: 100,
+		Interval: xdscontract.OutlierInterval, BaseEjectionTime: xdscontract.BaseEjectionTime,
+		MaxEjectionTime: xdscontract.MaxEjectionTime, MaxEjectionPercent: xdscontract.MaxEjectionPercent}
 	if d := cmp.Diff(want, c.Outlier, addrs); d != "" {
 		t.Errorf("outlier (-want +got):\n%s", d)
 	}
-	if c.LbPolicy != config.LeastRequest || c.PanicThreshold != 1 || !c.CloseOnHealthFailure || c.MaxConnections != 1<<20 {
+	wantKA := &config.Keepalive{Probes: xdscontract.KeepaliveProbes, Time: xdscontract.KeepaliveTime, Interval: xdscontract.KeepaliveInterval}
+	if d := cmp.Diff(wantKA, c.Keepalive); d != "" {
+		t.Errorf("keepalive (-want +got):\n%s", d)
+	}
+	if c.LbPolicy != config.LeastRequest || c.PanicThreshold != xdscontract.HealthyPanicThreshold || !c.CloseOnHealthFailure ||
+		c.MaxConnections != xdscontract.MaxConnections || c.Rebalance != nil {
 		t.Errorf("cluster %+v", c)
 	}
-	_, v, err = config.Decode(s.Get(resource.ListenerType, snapshot.ListenerAPIServerLocal).Any)
+	_, v, err = config.Decode(s.Get(xdscontract.ListenerType, snapshot.ListenerAPIServerLocal).Any)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l := v.(*config.Listener); l.MaxConnectAttempts != snapshot.MaxConnectAttempts || l.IdleTimeout != 3*time.Hour || l.Freebind {
+	if l := v.(*config.Listener); l.MaxConnectAttempts != xdscontract.MaxConnectAttempts || l.IdleTimeout != 3*time.Hour || l.Freebind {
 		t.Errorf("listener %+v", l)
 	}
 }
 
 // TestRebalanceFromHalo: a cluster's rebalance settings reach the agent
-// through the cluster's metadata, as halo-server writes them.
+// through the cluster's metadata, in the form halo-server writes and in
+// the other one (the typed form, which the next release's server writes).
 func TestRebalanceFromHalo(t *testing.T) {
 	res := snapshot.Build(snapshot.Input{Cluster: fixtures()["local, rebalance"], Nodes: nodes()})
 	s := res.Snapshots["prod/apiserver-local"]
 	if s == nil {
 		t.Fatal("no worker snapshot")
 	}
-	_, v, err := config.Decode(s.Get(resource.ClusterType, snapshot.ClusterAPIServer).Any)
+	want := &config.Rebalance{MaxFraction: 0.25, MinAge: 30 * time.Second, Interval: 5 * time.Second}
+	_, v, err := config.Decode(s.Get(xdscontract.ClusterType, snapshot.ClusterAPIServer).Any)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := v.(*config.Cluster).Rebalance
-	want := &config.Rebalance{MaxFraction: 0.25, MinAge: 30 * time.Second, Interval: 5 * time.Second}
-	if got == nil || *got != *want {
+	if got := v.(*config.Cluster).Rebalance; got == nil || *got != *want {
 		t.Fatalf("rebalance %+v, want %+v", got, want)
 	}
-	if snapshot.RebalanceMetadataKey != config.RebalanceMetadataKey {
-		t.Error("the server and the agent name the metadata differently")
+
+	cl := proto.Clone(s.Get(xdscontract.ClusterType, snapshot.ClusterAPIServer).Message).(*clusterv3.Cluster)
+	md, err := xdscontract.RebalanceMetadata(&halov1.RebalanceMetadata{MaxFraction: 0.5,
+		MinAge: durationpb.New(time.Minute), Interval: durationpb.New(1500 * time.Millisecond)}, xdscontract.TypedForm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.Metadata.TypedFilterMetadata = md.GetTypedFilterMetadata() // beside the Struct form: the typed one wins
+	got, err := config.ClusterFromEnvoy(cl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = &config.Rebalance{MaxFraction: 0.5, MinAge: time.Minute, Interval: 1500 * time.Millisecond}
+	if got.Rebalance == nil || *got.Rebalance != *want {
+		t.Fatalf("typed rebalance %+v, want %+v", got.Rebalance, want)
 	}
 }

@@ -402,8 +402,11 @@ func TestClusterRejections(t *testing.T) {
 		{rejection{"buffer limit", "per_connection_buffer_limit_bytes", unsupported}, func(c *clusterv3.Cluster) {
 			c.PerConnectionBufferLimitBytes = wrapperspb.UInt32(1)
 		}},
-		{rejection{"typed metadata", "metadata.typed_filter_metadata", unsupported}, func(c *clusterv3.Cluster) {
-			c.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"a": {}}}
+		{rejection{"typed metadata", "metadata.typed_filter_metadata[a]", unsupported}, func(c *clusterv3.Cluster) {
+			c.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"a": {}, "halo.rebalance": {}}}
+		}},
+		{rejection{"bad typed rebalance", "metadata.typed_filter_metadata[halo.rebalance]", "want halo.v1.RebalanceMetadata"}, func(c *clusterv3.Cluster) {
+			c.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"halo.rebalance": {TypeUrl: "type.googleapis.com/google.protobuf.Struct"}}}
 		}},
 		{rejection{"bad rebalance", "metadata.filter_metadata[halo.rebalance]", "max_fraction"}, func(c *clusterv3.Cluster) {
 			c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"halo.rebalance": {Fields: map[string]*structpb.Value{

@@ -1,16 +1,13 @@
 package xdsclient
 
 import (
-	"github.com/halolb/halo/agent/config"
-
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"maps"
 	"slices"
-	"strings"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // state is what the client holds: type URL → name → resource.
@@ -69,10 +66,10 @@ func (s state) equal(o state) bool {
 // returns their names.
 func (s state) keepEndpoints(want []string) []string {
 	var dropped []string
-	for n := range s[config.EndpointType] {
+	for n := range s[xdscontract.EndpointType] {
 		if _, ok := slices.BinarySearch(want, n); !ok {
 			dropped = append(dropped, n)
-			delete(s[config.EndpointType], n)
+			delete(s[xdscontract.EndpointType], n)
 		}
 	}
 	slices.Sort(dropped)
@@ -88,31 +85,14 @@ func (s state) versions(typeURL string) map[string]string {
 	return out
 }
 
-// typeVersions returns each type's Delta version (absent types as "").
+// typeVersions returns each type's Delta version (absent types as ""): the
+// version halo-server computes for what a node holds.
 func (s state) typeVersions() map[string]string {
 	out := map[string]string{}
 	for _, t := range types {
-		out[t] = typeVersion(s.versions(t))
+		out[t] = xdscontract.TypeVersion(s.versions(t))
 	}
 	return out
-}
-
-// typeVersion is the version of a set of resources of one type given as
-// name → version: a hash of the sorted pairs, "" for none. It is the hash
-// halo-server uses for a node's acked version in ListAgents.
-func typeVersion(versions map[string]string) string {
-	if len(versions) == 0 {
-		return ""
-	}
-	var b strings.Builder
-	for _, n := range slices.Sorted(maps.Keys(versions)) {
-		b.WriteString(n)
-		b.WriteByte('=')
-		b.WriteString(versions[n])
-		b.WriteByte('\n')
-	}
-	h := sha256.Sum256([]byte(b.String()))
-	return hex.EncodeToString(h[:8])
 }
 
 // ClusterEDSNames is the default Config.EDSNames: the endpoint resources of
@@ -122,7 +102,7 @@ func typeVersion(versions map[string]string) string {
 func ClusterEDSNames(state []*Resource) []string {
 	var out []string
 	for _, r := range state {
-		if r.TypeURL != config.ClusterType {
+		if r.TypeURL != xdscontract.ClusterType {
 			continue
 		}
 		cl := &clusterv3.Cluster{}

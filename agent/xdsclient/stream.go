@@ -1,7 +1,7 @@
 package xdsclient
 
 import (
-	"github.com/halolb/halo/agent/config"
+	"github.com/halolb/halo/internal/xdscontract"
 
 	"context"
 	"errors"
@@ -102,7 +102,7 @@ func (d *deltaStream) send(r *discoveryv3.DeltaDiscoveryRequest) error {
 
 func (d *deltaStream) start(node *corev3.Node, held state, eds []string) error {
 	first := true
-	for _, t := range []string{config.ClusterType, config.ListenerType} {
+	for _, t := range []string{xdscontract.ClusterType, xdscontract.ListenerType} {
 		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, InitialResourceVersions: held.versions(t)}
 		if first {
 			req.Node, first = node, false
@@ -117,8 +117,8 @@ func (d *deltaStream) start(node *corev3.Node, held state, eds []string) error {
 		return nil
 	}
 	d.eds = eds
-	return d.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: config.EndpointType, ResourceNamesSubscribe: eds,
-		InitialResourceVersions: held.versions(config.EndpointType)})
+	return d.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xdscontract.EndpointType, ResourceNamesSubscribe: eds,
+		InitialResourceVersions: held.versions(xdscontract.EndpointType)})
 }
 
 func (d *deltaStream) recv() (*response, error) {
@@ -141,7 +141,7 @@ func (d *deltaStream) subscribeEndpoints(names []string, _ string) error {
 	if slices.Equal(names, d.eds) {
 		return nil
 	}
-	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: config.EndpointType}
+	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: xdscontract.EndpointType}
 	for _, n := range names {
 		if _, ok := slices.BinarySearch(d.eds, n); !ok {
 			req.ResourceNamesSubscribe = append(req.ResourceNamesSubscribe, n)
@@ -181,7 +181,7 @@ func (s *sotwStream) send(r *discoveryv3.DiscoveryRequest) error {
 
 func (s *sotwStream) start(node *corev3.Node, _ state, eds []string) error {
 	first := true
-	for _, t := range []string{config.ClusterType, config.ListenerType} {
+	for _, t := range []string{xdscontract.ClusterType, xdscontract.ListenerType} {
 		req := &discoveryv3.DiscoveryRequest{TypeUrl: t, VersionInfo: s.c.version(t)}
 		if first {
 			req.Node, first = node, false
@@ -190,7 +190,7 @@ func (s *sotwStream) start(node *corev3.Node, _ state, eds []string) error {
 			return err
 		}
 	}
-	return s.subscribeEndpoints(eds, s.c.version(config.EndpointType))
+	return s.subscribeEndpoints(eds, s.c.version(xdscontract.EndpointType))
 }
 
 func (s *sotwStream) recv() (*response, error) {
@@ -211,7 +211,7 @@ func (s *sotwStream) recv() (*response, error) {
 }
 
 func (s *sotwStream) names(typeURL string) []string {
-	if typeURL == config.EndpointType {
+	if typeURL == xdscontract.EndpointType {
 		return s.eds
 	}
 	return nil // wildcard
@@ -227,8 +227,8 @@ func (s *sotwStream) subscribeEndpoints(names []string, edsVersion string) error
 		return nil
 	}
 	s.eds = names
-	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: config.EndpointType, VersionInfo: edsVersion,
-		ResourceNames: names, ResponseNonce: s.nonces[config.EndpointType]})
+	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: xdscontract.EndpointType, VersionInfo: edsVersion,
+		ResourceNames: names, ResponseNonce: s.nonces[xdscontract.EndpointType]})
 }
 
 // resourceName reads the name of a packed listener, cluster or endpoints.

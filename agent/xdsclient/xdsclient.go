@@ -25,7 +25,7 @@
 package xdsclient
 
 import (
-	"github.com/halolb/halo/agent/config"
+	"github.com/halolb/halo/internal/xdscontract"
 
 	"context"
 	"errors"
@@ -59,7 +59,7 @@ const connectTimeout = 5 * time.Second
 // Resource is one xDS resource as received. Resources handed to Update are
 // shared with the client's state: treat them as read-only.
 type Resource struct {
-	// TypeURL is the resource's type, e.g. config.ListenerType.
+	// TypeURL is the resource's type, e.g. xdscontract.ListenerType.
 	TypeURL string
 	// Name is the resource's name (a ClusterLoadAssignment's cluster_name).
 	Name string
@@ -71,8 +71,8 @@ type Resource struct {
 	Body *anypb.Any
 }
 
-// The resource types the client subscribes to.
-var types = []string{config.ClusterType, config.EndpointType, config.ListenerType}
+// The resource types the client subscribes to: those halo serves.
+var types = xdscontract.Types
 
 // Config configures a Client.
 type Config struct {
@@ -466,7 +466,7 @@ func (c *Client) handle(ctx context.Context, s stream, r *response) error {
 	if err := s.reply(r, r.version, nil); err != nil {
 		return err
 	}
-	return s.subscribeEndpoints(c.want, c.version(config.EndpointType))
+	return s.subscribeEndpoints(c.want, c.version(xdscontract.EndpointType))
 }
 
 // candidate is the state once r is applied, and its endpoint subscription;

@@ -400,6 +400,10 @@ func TestDelta(t *testing.T) {
 	if len(vs) != 3 {
 		t.Errorf("Versions %v: want one per type", vs)
 	}
+	// What the client computes over what it holds is what the server built.
+	poll(t, "the client's versions equal those of the server's snapshot", func() bool {
+		return maps.Equal(c.Versions(), srv.Server().Cache().Lookup("local", "worker-1").Snapshot.Versions)
+	})
 	for typ, v := range vs {
 		if got := metric(t, reg, "halo_agent_xds_config_info", map[string]string{"type": typ, "version": v}); got != 1 {
 			t.Errorf("config_info{%s, %s} = %v", typ, v, got)

@@ -32,8 +32,8 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/snapcache"
-	"github.com/halolb/halo/server/snapshot"
 )
 
 // Config configures a Server.
@@ -495,11 +495,11 @@ func (str *stream) status(replica string) (AgentStatus, bool) {
 		ts := st.types[url]
 		t := TypeStatus{TypeURL: url, AckedAt: ts.ackedAt, Pending: ts.inflight != nil}
 		if len(ts.acked) > 0 {
-			t.AckedVersion = snapshot.TypeVersion(versions(ts.acked))
+			t.AckedVersion = xdscontract.TypeVersion(versions(ts.acked))
 		}
 		if snap != nil {
 			target, _ := st.target(ts, snap)
-			t.CurrentVersion = snapshot.TypeVersion(versions(target))
+			t.CurrentVersion = xdscontract.TypeVersion(versions(target))
 			t.InSync = st.inSync(ts, snap)
 		}
 		if n := ts.lastNack; n != nil {

@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 )
@@ -362,7 +363,7 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 	st.lastSnap, st.dirty, st.deferred = snap, false, false
 	st.resolve(snap)
 	var out []*response
-	order := append(slices.Clone(snapshot.Types), st.otherTypes()...)
+	order := append(slices.Clone(xdscontract.Types), st.otherTypes()...)
 	for _, url := range order {
 		ts := st.types[url]
 		if ts == nil || !ts.requested {
@@ -419,7 +420,7 @@ func (st *state) resolve(snap *snapshot.Snapshot) {
 func (st *state) otherTypes() []string {
 	var out []string
 	for url := range st.types {
-		if !slices.Contains(snapshot.Types, url) {
+		if !slices.Contains(xdscontract.Types, url) {
 			out = append(out, url)
 		}
 	}
@@ -486,7 +487,7 @@ func typeVersion(snap *snapshot.Snapshot, url string, set map[string]string) str
 			return snap.Versions[url]
 		}
 	}
-	return snapshot.TypeVersion(set)
+	return xdscontract.TypeVersion(set)
 }
 
 func (st *state) sotwResponse(ts *typeState, snap *snapshot.Snapshot, target map[string]have) *response {
@@ -506,5 +507,5 @@ func (st *state) inSync(ts *typeState, snap *snapshot.Snapshot) bool {
 		return false
 	}
 	target, _ := st.target(ts, snap)
-	return snapshot.TypeVersion(versions(ts.acked)) == snapshot.TypeVersion(versions(target))
+	return xdscontract.TypeVersion(versions(ts.acked)) == xdscontract.TypeVersion(versions(target))
 }

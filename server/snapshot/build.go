@@ -17,10 +17,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/topology"
 )
 
@@ -30,11 +30,6 @@ var listenerClusters = map[string][]string{
 	ListenerAPIServerVIP:   {ClusterAPIServer},
 	ListenerEtcdLocal:      {ClusterEtcd},
 }
-
-// MaxConnectAttempts is how many endpoints a proxy tries before it gives a
-// connection up: a refused or timed-out connect moves on to the next one,
-// so a dead master is invisible to clients.
-const MaxConnectAttempts = 3
 
 // Health reports the health of one backend (a node of a cluster, as an
 // apiserver or an etcd member) for EDS.
@@ -105,7 +100,8 @@ func Build(in Input) *Result {
 		health = func(string, string, halov1.BackendKind) corev3.HealthStatus { return corev3.HealthStatus_UNKNOWN }
 	}
 
-	add("cds/"+ClusterAPIServer, edsCluster(ClusterAPIServer, a), nil)
+	c, err := edsCluster(ClusterAPIServer, a)
+	add("cds/"+ClusterAPIServer, c, err)
 	add("eds/"+ClusterAPIServer, loadAssignment(ClusterAPIServer, d.GetName(), masters, a.GetPort(), halov1.BackendKind_BACKEND_KIND_APISERVER, health), nil)
 	if r.localLB {
 		l, err := tcpListener(ListenerAPIServerLocal, "127.0.0.1", a.GetLocalLbPort(), false, ClusterAPIServer, a)
@@ -116,7 +112,8 @@ func Build(in Input) *Result {
 		add("lds/"+ListenerAPIServerVIP, l, err, listenerClusters[ListenerAPIServerVIP]...)
 	}
 	if r.el {
-		add("cds/"+ClusterEtcd, edsCluster(ClusterEtcd, a), nil)
+		c, err := edsCluster(ClusterEtcd, a)
+		add("cds/"+ClusterEtcd, c, err)
 		add("eds/"+ClusterEtcd, loadAssignment(ClusterEtcd, d.GetName(), members, e.GetClientPort(), halov1.BackendKind_BACKEND_KIND_ETCD, health), nil)
 		l, err := tcpListener(ListenerEtcdLocal, "127.0.0.1", e.GetLocalLbPort(), false, ClusterEtcd, a)
 		add("lds/"+ListenerEtcdLocal, l, err, listenerClusters[ListenerEtcdLocal]...)
@@ -235,7 +232,7 @@ func tcpListener(name, addr string, port uint32, freebind bool, cluster string, 
 		StatPrefix:         name,
 		ClusterSpecifier:   &tcpproxyv3.TcpProxy_Cluster{Cluster: cluster},
 		IdleTimeout:        a.GetIdleTimeout(),
-		MaxConnectAttempts: wrapperspb.UInt32(MaxConnectAttempts),
+		MaxConnectAttempts: wrapperspb.UInt32(xdscontract.MaxConnectAttempts),
 	}
 	if err := tp.ValidateAll(); err != nil {
 		return nil, fmt.Errorf("tcp_proxy: %w", err)
@@ -273,11 +270,12 @@ func socketAddress(addr string, port uint32) *corev3.Address {
 }
 
 // edsCluster is a cluster whose endpoints come over ADS, with halo's
-// failover settings: least-request (or the configured policy), a 1% panic
-// threshold (traffic goes to unhealthy hosts only when none is healthy),
-// ejection of a host at its first local-origin connect failure, upstream
-// TCP keepalive, and connections closed when a host turns unhealthy.
-func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
+// failover settings (xdscontract): least-request (or the configured
+// policy), a 1% panic threshold (traffic goes to unhealthy hosts only when
+// none is healthy), ejection of a host at its first local-origin connect
+// failure, upstream TCP keepalive, and connections closed when a host turns
+// unhealthy; and rebalancing in its metadata when on.
+func edsCluster(name string, a *halov1.ApiServer) (*clusterv3.Cluster, error) {
 	policy := clusterv3.Cluster_LEAST_REQUEST
 	switch a.GetLbPolicy() {
 	case halov1.LbPolicy_LB_POLICY_ROUND_ROBIN:
@@ -294,58 +292,42 @@ func edsCluster(name string, a *halov1.ApiServer) *clusterv3.Cluster {
 		}},
 		ConnectTimeout: a.GetConnectTimeout(),
 		LbPolicy:       policy,
-		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: 1}},
+		CommonLbConfig: &clusterv3.Cluster_CommonLbConfig{HealthyPanicThreshold: &typev3.Percent{Value: xdscontract.HealthyPanicThreshold}},
 		OutlierDetection: &clusterv3.OutlierDetection{
 			SplitExternalLocalOriginErrors:         true,
-			ConsecutiveLocalOriginFailure:          wrapperspb.UInt32(1),
+			ConsecutiveLocalOriginFailure:          wrapperspb.UInt32(xdscontract.ConsecutiveLocalOriginFailures),
 			EnforcingConsecutiveLocalOriginFailure: wrapperspb.UInt32(100),
 			EnforcingLocalOriginSuccessRate:        wrapperspb.UInt32(0),
 			EnforcingConsecutive_5Xx:               wrapperspb.UInt32(0),
 			EnforcingConsecutiveGatewayFailure:     wrapperspb.UInt32(0),
 			EnforcingSuccessRate:                   wrapperspb.UInt32(0),
-			Interval:                               durationpb.New(time.Second),
-			BaseEjectionTime:                       durationpb.New(5 * time.Second),
-			MaxEjectionTime:                        durationpb.New(time.Minute),
-			// Any host may be ejected: when every one is, the 1% panic
-			// threshold sends traffic to all of them (fail open). A value
-			// that does not depend on the number of hosts keeps the cluster
-			// unchanged when a master joins or leaves: one EDS update per
-			// node, not a CDS update too.
-			MaxEjectionPercent: wrapperspb.UInt32(100),
+			Interval:                               durationpb.New(xdscontract.OutlierInterval),
+			BaseEjectionTime:                       durationpb.New(xdscontract.BaseEjectionTime),
+			MaxEjectionTime:                        durationpb.New(xdscontract.MaxEjectionTime),
+			MaxEjectionPercent:                     wrapperspb.UInt32(xdscontract.MaxEjectionPercent),
 		},
-		// Envoy's default allows 1024 connections per cluster, far too few
-		// for a VIP in front of the apiservers.
 		CircuitBreakers: &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
-			MaxConnections:     wrapperspb.UInt32(1 << 20),
-			MaxPendingRequests: wrapperspb.UInt32(1 << 20),
-			MaxRequests:        wrapperspb.UInt32(1 << 20),
+			MaxConnections:     wrapperspb.UInt32(xdscontract.MaxConnections),
+			MaxPendingRequests: wrapperspb.UInt32(xdscontract.MaxConnections),
+			MaxRequests:        wrapperspb.UInt32(xdscontract.MaxConnections),
 		}}},
 		UpstreamConnectionOptions: &clusterv3.UpstreamConnectionOptions{TcpKeepalive: &corev3.TcpKeepalive{
-			KeepaliveProbes:   wrapperspb.UInt32(3),
-			KeepaliveTime:     wrapperspb.UInt32(30),
-			KeepaliveInterval: wrapperspb.UInt32(10),
+			KeepaliveProbes:   wrapperspb.UInt32(xdscontract.KeepaliveProbes),
+			KeepaliveTime:     wrapperspb.UInt32(uint32(xdscontract.KeepaliveTime / time.Second)),
+			KeepaliveInterval: wrapperspb.UInt32(uint32(xdscontract.KeepaliveInterval / time.Second)),
 		}},
 		CloseConnectionsOnHostHealthFailure: true,
 	}
 	if r := a.GetRebalance(); r.GetEnabled() {
-		c.Metadata = rebalanceMetadata(r)
+		md, err := xdscontract.RebalanceMetadata(&halov1.RebalanceMetadata{
+			MaxFraction: r.GetMaxFraction(), MinAge: r.GetMinAge(), Interval: r.GetInterval(),
+		}, xdscontract.ServerRebalanceForm)
+		if err != nil {
+			return nil, err
+		}
+		c.Metadata = md
 	}
-	return c
-}
-
-// RebalanceMetadataKey is the filter_metadata key under which a cluster
-// carries halo's rebalancing settings: halo-agent acts on them, Envoy
-// ignores them (it has no rebalancing).
-const RebalanceMetadataKey = "halo.rebalance"
-
-// rebalanceMetadata encodes rebalancing settings as cluster metadata.
-func rebalanceMetadata(r *halov1.Rebalance) *corev3.Metadata {
-	st := &structpb.Struct{Fields: map[string]*structpb.Value{
-		"max_fraction":     structpb.NewNumberValue(r.GetMaxFraction()),
-		"min_age_seconds":  structpb.NewNumberValue(r.GetMinAge().AsDuration().Seconds()),
-		"interval_seconds": structpb.NewNumberValue(r.GetInterval().AsDuration().Seconds()),
-	}}
-	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{RebalanceMetadataKey: st}}
+	return c, nil
 }
 
 // loadAssignment lists backends at aip:port, in ordinal order, with their

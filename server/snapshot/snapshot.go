@@ -6,19 +6,18 @@
 // Nodes that get identical resources share one Snapshot, named by a profile
 // ("prod/apiserver-local"), so 10,000 workers cost one snapshot. Versions
 // are per resource (a hash of its bytes) and per type (a hash of that type's
-// resources), so a health change moves only the EDS version.
+// resources), so a health change moves only the EDS version: both as
+// internal/xdscontract defines them, which halo-agent uses too.
 package snapshot
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"slices"
-	"strings"
 
-	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // The resources' stable names (DESIGN.md, "xDS mapping").
@@ -30,15 +29,12 @@ const (
 	ClusterEtcd            = "etcd"
 )
 
-// Types are the resource types halo serves, in make-before-break order:
-// clusters before their endpoints before the listeners that use them.
-var Types = []string{resource.ClusterType, resource.EndpointType, resource.ListenerType}
-
 // Resource is one Envoy resource as served.
 type Resource struct {
 	// Name is the resource's name (a ClusterLoadAssignment's cluster_name).
 	Name string
-	// Version is a hash of the resource's deterministic encoding.
+	// Version is xdscontract.ResourceVersion of the resource's
+	// deterministic encoding.
 	Version string
 	// Message is the resource.
 	Message proto.Message
@@ -56,7 +52,8 @@ type Snapshot struct {
 	Profile string
 	// Resources maps a type URL to its resources by name.
 	Resources map[string]map[string]*Resource
-	// Versions maps a type URL to the hash of that type's resources.
+	// Versions maps a type URL to the xdscontract.TypeVersion of that
+	// type's resources.
 	Versions map[string]string
 }
 
@@ -74,7 +71,7 @@ func (s *Snapshot) Same(o *Snapshot) bool {
 	if s == nil || o == nil || s.Profile != o.Profile {
 		return false
 	}
-	for _, t := range Types {
+	for _, t := range xdscontract.Types {
 		if s.Versions[t] != o.Versions[t] {
 			return false
 		}
@@ -95,61 +92,31 @@ func (s *Snapshot) Names(typeURL string) []string {
 	return names
 }
 
-var deterministic = proto.MarshalOptions{Deterministic: true}
-
 // newResource encodes m once and versions it by content.
 func newResource(name string, m proto.Message, clusters ...string) (*Resource, error) {
-	b, err := deterministic.Marshal(m)
+	a, version, err := xdscontract.Encode(m)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: encode %s: %w", name, err)
+		return nil, fmt.Errorf("snapshot: %s: %w", name, err)
 	}
-	a := &anypb.Any{TypeUrl: "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName()), Value: b}
-	return &Resource{Name: name, Version: hash(b), Message: m, Any: a, Clusters: clusters}, nil
-}
-
-// hash is a short content hash: 16 hex digits of SHA-256.
-func hash(b []byte) string {
-	h := sha256.Sum256(b)
-	return hex.EncodeToString(h[:8])
-}
-
-// TypeVersion returns the version of a set of resources of one type given
-// as name → version: a hash of the sorted pairs, "" for none.
-func TypeVersion(versions map[string]string) string {
-	if len(versions) == 0 {
-		return ""
-	}
-	names := make([]string, 0, len(versions))
-	for n := range versions {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	var b strings.Builder
-	for _, n := range names {
-		b.WriteString(n)
-		b.WriteByte('=')
-		b.WriteString(versions[n])
-		b.WriteByte('\n')
-	}
-	return hash([]byte(b.String()))
+	return &Resource{Name: name, Version: version, Message: m, Any: a, Clusters: clusters}, nil
 }
 
 // newSnapshot assembles resources into a snapshot and computes versions.
 func newSnapshot(profile string, resources ...*Resource) *Snapshot {
 	s := &Snapshot{Profile: profile, Resources: map[string]map[string]*Resource{}, Versions: map[string]string{}}
-	for _, t := range Types {
+	for _, t := range xdscontract.Types {
 		s.Resources[t] = map[string]*Resource{}
 	}
 	for _, r := range resources {
 		t := r.Any.GetTypeUrl()
 		s.Resources[t][r.Name] = r
 	}
-	for _, t := range Types {
+	for _, t := range xdscontract.Types {
 		v := make(map[string]string, len(s.Resources[t]))
 		for n, r := range s.Resources[t] {
 			v[n] = r.Version
 		}
-		s.Versions[t] = TypeVersion(v)
+		s.Versions[t] = xdscontract.TypeVersion(v)
 	}
 	return s
 }

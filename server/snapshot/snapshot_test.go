@@ -18,8 +18,10 @@ import (
 	tcpproxyv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/endpoints"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/snapshot/snapshottest"
@@ -193,7 +195,7 @@ func TestResourcesAgreeWithResolveEndpoints(t *testing.T) {
 func checkConsistent(t *testing.T, s *snapshot.Snapshot) {
 	t.Helper()
 	used := map[string]bool{}
-	for _, typ := range snapshot.Types {
+	for _, typ := range xdscontract.Types {
 		versions := map[string]string{}
 		for name, r := range s.Resources[typ] {
 			if err := r.Message.(interface{ ValidateAll() error }).ValidateAll(); err != nil {
@@ -201,6 +203,9 @@ func checkConsistent(t *testing.T, s *snapshot.Snapshot) {
 			}
 			if r.Any.GetTypeUrl() != typ {
 				t.Errorf("%s packed as %s", name, r.Any.GetTypeUrl())
+			}
+			if r.Version != xdscontract.ResourceVersion(r.Any.GetValue()) {
+				t.Errorf("%s %s: version %q does not match its encoding", typ, name, r.Version)
 			}
 			versions[name] = r.Version
 			for _, c := range r.Clusters {
@@ -210,7 +215,7 @@ func checkConsistent(t *testing.T, s *snapshot.Snapshot) {
 				}
 			}
 		}
-		if s.Versions[typ] != snapshot.TypeVersion(versions) {
+		if s.Versions[typ] != xdscontract.TypeVersion(versions) {
 			t.Errorf("%s version %q does not match its resources", typ, s.Versions[typ])
 		}
 	}
@@ -248,7 +253,7 @@ func TestClusterSettings(t *testing.T) {
 		}
 	}
 	_, _, tp := listenerOf(t, snap.Get(resource.ListenerType, snapshot.ListenerAPIServerVIP))
-	if tp.GetIdleTimeout().AsDuration() != time.Hour || tp.GetMaxConnectAttempts().GetValue() != snapshot.MaxConnectAttempts {
+	if tp.GetIdleTimeout().AsDuration() != time.Hour || tp.GetMaxConnectAttempts().GetValue() != xdscontract.MaxConnectAttempts {
 		t.Errorf("tcp_proxy: %v", tp)
 	}
 	// The default: least-request, and an idle timeout always set (3h, not Envoy's 1h).
@@ -296,7 +301,7 @@ func TestDeterministic(t *testing.T) {
 	b := snapshot.Build(snapshot.Input{Cluster: proto.Clone(c).(*halov1.Cluster), Nodes: ns})
 	for p, sa := range a.Snapshots {
 		sb := b.Snapshots[p]
-		for _, typ := range snapshot.Types {
+		for _, typ := range xdscontract.Types {
 			if sa.Versions[typ] != sb.Versions[typ] {
 				t.Errorf("%s %s: versions %q and %q", p, typ, sa.Versions[typ], sb.Versions[typ])
 			}
@@ -427,5 +432,46 @@ func TestHealthPerKind(t *testing.T) {
 	}
 	if got := statusOf(snapshot.ClusterAPIServer, "master-a"); got != corev3.HealthStatus_HEALTHY {
 		t.Errorf("apiserver master-a: %v", got)
+	}
+}
+
+// TestRebalanceMetadata: a cluster with rebalancing on carries it in its
+// metadata, in the form the server writes, with the topology's defaults
+// applied; with rebalancing off, a cluster has no metadata.
+func TestRebalanceMetadata(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		r    *halov1.Rebalance
+		want *halov1.RebalanceMetadata
+	}{
+		{"off", nil, nil},
+		{"disabled", &halov1.Rebalance{MaxFraction: 0.5}, nil},
+		{"defaults", &halov1.Rebalance{Enabled: true}, &halov1.RebalanceMetadata{MaxFraction: topology.DefaultRebalanceMaxFraction,
+			MinAge: durationpb.New(topology.DefaultRebalanceMinAge), Interval: durationpb.New(topology.DefaultRebalanceInterval)}},
+		{"set", &halov1.Rebalance{Enabled: true, MaxFraction: 0.25, MinAge: durationpb.New(30 * time.Second), Interval: durationpb.New(1500 * time.Millisecond)},
+			&halov1.RebalanceMetadata{MaxFraction: 0.25, MinAge: durationpb.New(30 * time.Second), Interval: durationpb.New(1500 * time.Millisecond)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &halov1.Cluster{Name: "prod", Apiserver: &halov1.ApiServer{Rebalance: tc.r}}
+			res := snapshot.Build(snapshot.Input{Cluster: c, Nodes: nodes()})
+			cl := res.Snapshots["prod/apiserver-local"].Get(resource.ClusterType, snapshot.ClusterAPIServer).Message.(*clusterv3.Cluster)
+			if tc.want == nil {
+				if cl.GetMetadata() != nil {
+					t.Fatalf("metadata %v, want none", cl.GetMetadata())
+				}
+				return
+			}
+			want, err := xdscontract.RebalanceMetadata(tc.want, xdscontract.ServerRebalanceForm)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !proto.Equal(cl.GetMetadata(), want) {
+				t.Errorf("metadata %v, want %v", cl.GetMetadata(), want)
+			}
+			got, err := xdscontract.RebalanceFromMetadata(cl.GetMetadata())
+			if err != nil || !proto.Equal(got, tc.want) {
+				t.Errorf("read back %v, %v; want %v", got, err, tc.want)
+			}
+		})
 	}
 }
