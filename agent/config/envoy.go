@@ -650,7 +650,7 @@ func uint32Or(w *wrapperspb.UInt32Value, def uint32) uint32 {
 }
 
 // rebalance reads halo's rebalancing settings from cluster metadata
-// (xdscontract.RebalanceFromMetadata: typed, else the older Struct form);
+// (xdscontract.RebalanceFromMetadata);
 // nil when absent. typed_filter_metadata holds nothing else: it cannot be
 // walked, so another entry is refused.
 func (t translator) rebalance(md *corev3.Metadata) (*Rebalance, error) {

@@ -270,8 +270,8 @@ func TestHaloSettings(t *testing.T) {
 }
 
 // TestRebalanceFromHalo: a cluster's rebalance settings reach the agent
-// through the cluster's metadata, in the form halo-server writes and in
-// the other one (the typed form, which the next release's server writes).
+// through the cluster's typed metadata, as halo-server writes them and as
+// the wire contract encodes other settings.
 func TestRebalanceFromHalo(t *testing.T) {
 	res := snapshot.Build(snapshot.Input{Cluster: fixtures()["local, rebalance"], Nodes: nodes()})
 	s := res.Snapshots["prod/apiserver-local"]
@@ -289,11 +289,11 @@ func TestRebalanceFromHalo(t *testing.T) {
 
 	cl := proto.Clone(s.Get(xdscontract.ClusterType, snapshot.ClusterAPIServer).Message).(*clusterv3.Cluster)
 	md, err := xdscontract.RebalanceMetadata(&halov1.RebalanceMetadata{MaxFraction: 0.5,
-		MinAge: durationpb.New(time.Minute), Interval: durationpb.New(1500 * time.Millisecond)}, xdscontract.TypedForm)
+		MinAge: durationpb.New(time.Minute), Interval: durationpb.New(1500 * time.Millisecond)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cl.Metadata.TypedFilterMetadata = md.GetTypedFilterMetadata() // beside the Struct form: the typed one wins
+	cl.Metadata = md
 	got, err := config.ClusterFromEnvoy(cl)
 	if err != nil {
 		t.Fatal(err)

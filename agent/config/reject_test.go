@@ -408,7 +408,7 @@ func TestClusterRejections(t *testing.T) {
 		{rejection{"bad typed rebalance", "metadata.typed_filter_metadata[halo.rebalance]", "want halo.v1.RebalanceMetadata"}, func(c *clusterv3.Cluster) {
 			c.Metadata = &corev3.Metadata{TypedFilterMetadata: map[string]*anypb.Any{"halo.rebalance": {TypeUrl: "type.googleapis.com/google.protobuf.Struct"}}}
 		}},
-		{rejection{"bad rebalance", "metadata.filter_metadata[halo.rebalance]", "max_fraction"}, func(c *clusterv3.Cluster) {
+		{rejection{"untyped rebalance", "metadata.filter_metadata[halo.rebalance]", "travel in typed_filter_metadata"}, func(c *clusterv3.Cluster) {
 			c.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"halo.rebalance": {Fields: map[string]*structpb.Value{
 				"max_fraction": structpb.NewNumberValue(2), "min_age_seconds": structpb.NewNumberValue(60), "interval_seconds": structpb.NewNumberValue(10)}}}}
 		}},

@@ -18,14 +18,12 @@ import (
 	"github.com/halolb/halo/internal/xdscontract"
 )
 
-var forms = map[string]xdscontract.RebalanceForm{"struct": xdscontract.StructForm, "typed": xdscontract.TypedForm}
-
 func rebalance(f float64, minAge, interval time.Duration) *halov1.RebalanceMetadata {
 	return &halov1.RebalanceMetadata{MaxFraction: f, MinAge: durationpb.New(minAge), Interval: durationpb.New(interval)}
 }
 
-// TestRebalanceRoundTrip: what is written in either form reads back the
-// same, and the cluster carrying it passes Envoy's validation.
+// TestRebalanceRoundTrip: what is written reads back the same, and the
+// cluster carrying it passes Envoy's validation.
 func TestRebalanceRoundTrip(t *testing.T) {
 	for _, r := range []*halov1.RebalanceMetadata{
 		rebalance(0.25, 30*time.Second, 5*time.Second),
@@ -33,43 +31,27 @@ func TestRebalanceRoundTrip(t *testing.T) {
 		rebalance(0.001, 24*time.Hour, time.Millisecond),
 		rebalance(0.1, 1500*time.Millisecond, 300*time.Millisecond),
 	} {
-		for fname, f := range forms {
-			md, err := xdscontract.RebalanceMetadata(r, f)
-			if err != nil {
-				t.Fatalf("%s %v: %v", fname, r, err)
-			}
-			c := &clusterv3.Cluster{Name: "c", Metadata: md}
-			if err := c.ValidateAll(); err != nil {
-				t.Errorf("%s %v: Envoy's validation: %v", fname, r, err)
-			}
-			got, err := xdscontract.RebalanceFromMetadata(md)
-			if err != nil || !proto.Equal(got, r) {
-				t.Errorf("%s: read %v, %v; want %v", fname, got, err, r)
-			}
+		md, err := xdscontract.RebalanceMetadata(r)
+		if err != nil {
+			t.Fatalf("%v: %v", r, err)
+		}
+		c := &clusterv3.Cluster{Name: "c", Metadata: md}
+		if err := c.ValidateAll(); err != nil {
+			t.Errorf("%v: Envoy's validation: %v", r, err)
+		}
+		got, err := xdscontract.RebalanceFromMetadata(md)
+		if err != nil || !proto.Equal(got, r) {
+			t.Errorf("read %v, %v; want %v", got, err, r)
 		}
 	}
 }
 
-// TestRebalanceStructFormPinned: the Struct form is what agents of earlier
-// releases read: three numbers under these keys, in seconds.
-func TestRebalanceStructFormPinned(t *testing.T) {
-	md, err := xdscontract.RebalanceMetadata(rebalance(0.25, 30*time.Second, 1500*time.Millisecond), xdscontract.StructForm)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"halo.rebalance": {Fields: map[string]*structpb.Value{
-		"max_fraction":     structpb.NewNumberValue(0.25),
-		"min_age_seconds":  structpb.NewNumberValue(30),
-		"interval_seconds": structpb.NewNumberValue(1.5),
-	}}}}
-	if !proto.Equal(md, want) {
-		t.Errorf("metadata %v, want %v", md, want)
-	}
-}
-
+// TestRebalanceTypedFormPinned: the settings are one Any of
+// halo.v1.RebalanceMetadata under typed_filter_metadata[halo.rebalance],
+// and nothing else.
 func TestRebalanceTypedFormPinned(t *testing.T) {
 	r := rebalance(0.25, 30*time.Second, 5*time.Second)
-	md, err := xdscontract.RebalanceMetadata(r, xdscontract.TypedForm)
+	md, err := xdscontract.RebalanceMetadata(r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -83,25 +65,6 @@ func TestRebalanceTypedFormPinned(t *testing.T) {
 	got := &halov1.RebalanceMetadata{}
 	if err := a.UnmarshalTo(got); err != nil || !proto.Equal(got, r) {
 		t.Errorf("unpacked %v, %v", got, err)
-	}
-}
-
-// TestServerWritesStructForm: agents of the release before this package
-// refuse any typed_filter_metadata; switch in the release after (see the
-// package documentation), and change this test then.
-func TestServerWritesStructForm(t *testing.T) {
-	if xdscontract.ServerRebalanceForm != xdscontract.StructForm {
-		t.Error("the server writes the typed form, which agents of the previous release refuse")
-	}
-}
-
-func TestRebalanceTypedWins(t *testing.T) {
-	typed, _ := xdscontract.RebalanceMetadata(rebalance(0.5, time.Second, time.Second), xdscontract.TypedForm)
-	st, _ := xdscontract.RebalanceMetadata(rebalance(0.25, time.Minute, time.Minute), xdscontract.StructForm)
-	md := &corev3.Metadata{TypedFilterMetadata: typed.GetTypedFilterMetadata(), FilterMetadata: st.GetFilterMetadata()}
-	got, err := xdscontract.RebalanceFromMetadata(md)
-	if err != nil || got.GetMaxFraction() != 0.5 {
-		t.Errorf("read %v, %v; want the typed form's", got, err)
 	}
 }
 
@@ -125,10 +88,8 @@ func TestRebalanceInvalidNotWritten(t *testing.T) {
 		{MaxFraction: 0.5, Interval: durationpb.New(time.Second)},
 		{MaxFraction: 0.5, MinAge: durationpb.New(time.Second)},
 	} {
-		for fname, f := range forms {
-			if md, err := xdscontract.RebalanceMetadata(r, f); err == nil {
-				t.Errorf("%s %v: wrote %v", fname, r, md)
-			}
+		if md, err := xdscontract.RebalanceMetadata(r); err == nil {
+			t.Errorf("%v: wrote %v", r, md)
 		}
 	}
 }
@@ -160,11 +121,10 @@ func TestRebalanceRefused(t *testing.T) {
 		name, field, reason string
 		md                  *corev3.Metadata
 	}{
-		{"struct fraction", sf, "max_fraction", st(map[string]*structpb.Value{"max_fraction": num(2), "min_age_seconds": num(60), "interval_seconds": num(10)})},
-		{"struct missing", sf, "min_age_seconds is missing", st(map[string]*structpb.Value{"max_fraction": num(0.5), "interval_seconds": num(10)})},
-		{"struct not a number", sf, "interval_seconds must be a number", st(map[string]*structpb.Value{"max_fraction": num(0.5), "min_age_seconds": num(60), "interval_seconds": structpb.NewStringValue("10s")})},
-		{"struct negative age", sf, "min_age_seconds", st(map[string]*structpb.Value{"max_fraction": num(0.5), "min_age_seconds": num(-1), "interval_seconds": num(10)})},
-		{"struct zero interval", sf, "interval_seconds", st(map[string]*structpb.Value{"max_fraction": num(0.5), "min_age_seconds": num(0), "interval_seconds": num(0)})},
+		{"untyped", sf, "travel in typed_filter_metadata", st(map[string]*structpb.Value{"max_fraction": num(0.5), "min_age_seconds": num(60), "interval_seconds": num(10)})},
+		{"untyped beside typed", sf, "travel in typed_filter_metadata", &corev3.Metadata{
+			FilterMetadata:      map[string]*structpb.Struct{"halo.rebalance": {}},
+			TypedFilterMetadata: map[string]*anypb.Any{"halo.rebalance": good}}},
 		{"typed fraction", tf, "max_fraction", typed(pack(rebalance(0, time.Second, time.Second)))},
 		{"typed no interval", tf, "interval", typed(pack(&halov1.RebalanceMetadata{MaxFraction: 0.5, MinAge: durationpb.New(0)}))},
 		{"typed unknown field", tf, "unknown fields", typed(unknown)},

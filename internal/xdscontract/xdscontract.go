@@ -7,19 +7,13 @@
 // (agent/config, agent/xdsclient) reads and versions them with it. It imports
 // neither side, only Envoy's and halo's protos.
 //
-// # Rebalance metadata, and the release after this one
+// # Rebalance metadata
 //
-// Rebalancing travels in a cluster's metadata under [RebalanceKey] in one of
-// two forms (see [RebalanceForm]): the typed one, a halo.v1.RebalanceMetadata
-// (proto/halo/v1/xds.proto) in typed_filter_metadata, whose schema buf
-// versions; and the Struct of numbers in filter_metadata that earlier releases
-// wrote and read. An agent of an earlier release refuses (NACKs) any cluster
-// with typed_filter_metadata, so a server that wrote the typed form, alone or
-// beside the Struct, would freeze the clusters of every agent not yet
-// upgraded. This release therefore reads both forms (the typed one wins) and
-// writes the Struct ([ServerRebalanceForm]); the next release switches
-// ServerRebalanceForm to [TypedForm], and the one after that may drop the
-// Struct reader.
+// Rebalancing travels in a cluster's typed_filter_metadata under
+// [RebalanceKey]: a halo.v1.RebalanceMetadata (proto/halo/v1/xds.proto), whose
+// schema buf lints and checks for breaking changes like the admin API's.
+// Envoy ignores metadata it has no filter for, so an Envoy stand-in takes the
+// same clusters.
 package xdscontract
 
 import (

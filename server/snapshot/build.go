@@ -321,7 +321,7 @@ func edsCluster(name string, a *halov1.ApiServer) (*clusterv3.Cluster, error) {
 	if r := a.GetRebalance(); r.GetEnabled() {
 		md, err := xdscontract.RebalanceMetadata(&halov1.RebalanceMetadata{
 			MaxFraction: r.GetMaxFraction(), MinAge: r.GetMinAge(), Interval: r.GetInterval(),
-		}, xdscontract.ServerRebalanceForm)
+		})
 		if err != nil {
 			return nil, err
 		}

@@ -461,7 +461,7 @@ func TestRebalanceMetadata(t *testing.T) {
 				}
 				return
 			}
-			want, err := xdscontract.RebalanceMetadata(tc.want, xdscontract.ServerRebalanceForm)
+			want, err := xdscontract.RebalanceMetadata(tc.want)
 			if err != nil {
 				t.Fatal(err)
 			}
