@@ -1,7 +1,9 @@
 // Package deploy_test checks the deployment files in deploy/: the
 // halo-agent static pod, its Containerfile, its systemd unit and the
-// keepalived configuration for load-balancer nodes. Tools that are not
-// installed (systemd-analyze, keepalived, shellcheck, bash) are skipped.
+// keepalived configuration for load-balancer nodes. The checks that run a
+// tool (systemd-analyze, keepalived, shellcheck, curl, bash) skip when it
+// is not installed, except in CI (CI set, as CI services and .ci/run set
+// it), where a missing tool fails them: a check CI skips can never fail.
 package deploy_test
 
 import (
@@ -58,6 +60,33 @@ const (
 	defaultCacheDir        = "/var/lib/halo-agent"
 	defaultBootstrapListen = "127.0.0.1:6443"
 )
+
+// inCI says whether the tests run in CI: CI is set and not false.
+func inCI() bool {
+	v := os.Getenv("CI")
+	return v != "" && v != "false" && v != "0"
+}
+
+// skipOrFail skips the test outside CI and fails it in CI, where every
+// check must run (.ci/run installs every tool).
+func skipOrFail(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if inCI() {
+		t.Fatalf("CI: "+format+"; CI must run this check", args...)
+	}
+	t.Skipf(format, args...)
+}
+
+// tool is the path of the named program on PATH; without it the test
+// skips, or in CI fails.
+func tool(t *testing.T, name string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err != nil {
+		skipOrFail(t, "%s not installed", name)
+	}
+	return p
+}
 
 // repoPath is rel (slash-separated, from the repository root) on disk.
 func repoPath(t *testing.T, rel string) string {
@@ -447,12 +476,12 @@ func TestContainerfile(t *testing.T) {
 }
 
 // TestContainerfileBuildTarget: what the Containerfile builds is a main
-// package (skipped until agent/cmd/halo-agent exists).
+// package.
 func TestContainerfileBuildTarget(t *testing.T) {
 	dir := repoPath(t, "agent/cmd/halo-agent")
-	files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
-	if len(files) == 0 {
-		t.Skip("agent/cmd/halo-agent has no Go files yet")
+	files, err := filepath.Glob(filepath.Join(dir, "*.go"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("%s has no Go files (%v)", dir, err)
 	}
 	for _, f := range files {
 		if strings.HasSuffix(f, "_test.go") {
@@ -568,12 +597,9 @@ func TestSystemdUnit(t *testing.T) {
 
 // TestSystemdUnitVerify runs systemd's own verifier on both units, pointed at
 // this test binary (the binaries are not installed here); it needs
-// systemd-analyze (skipped without it).
+// systemd-analyze.
 func TestSystemdUnitVerify(t *testing.T) {
-	analyze, err := exec.LookPath("systemd-analyze")
-	if err != nil {
-		t.Skip("systemd-analyze not installed")
-	}
+	analyze := tool(t, "systemd-analyze")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -640,12 +666,9 @@ func closedAddr(t *testing.T) string {
 
 // TestCheckScript runs check-halo-agent.sh against a fake agent: ready,
 // not ready, not listening; once with curl, once with only bash and
-// timeout on PATH (the /dev/tcp fallback).
+// timeout on PATH (the /dev/tcp fallback). shellcheck lints it.
 func TestCheckScript(t *testing.T) {
-	bash, err := exec.LookPath("bash")
-	if err != nil {
-		t.Skip("bash not installed")
-	}
+	bash := tool(t, "bash")
 	script := repoPath(t, "deploy/keepalived/check-halo-agent.sh")
 	if out, err := exec.Command(bash, "-n", script).CombinedOutput(); err != nil {
 		t.Fatalf("bash -n: %v\n%s", err, out)
@@ -655,34 +678,15 @@ func TestCheckScript(t *testing.T) {
 	} else if fi.Mode()&0o111 == 0 {
 		t.Error("check-halo-agent.sh is not executable")
 	}
-	if sc, err := exec.LookPath("shellcheck"); err == nil {
-		if out, err := exec.Command(sc, script).CombinedOutput(); err != nil {
+	t.Run("shellcheck", func(t *testing.T) {
+		if out, err := exec.Command(tool(t, "shellcheck"), script).CombinedOutput(); err != nil {
 			t.Errorf("shellcheck: %v\n%s", err, out)
 		}
-	} else {
-		t.Log("shellcheck not installed; not run")
-	}
-
-	// A PATH with bash and timeout only (no curl).
-	noCurl := t.TempDir()
-	for _, tool := range []string{"bash", "timeout"} {
-		p, err := exec.LookPath(tool)
-		if err != nil {
-			t.Skipf("%s not installed", tool)
-		}
-		if err := os.Symlink(p, filepath.Join(noCurl, tool)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	paths := map[string]string{"no curl": noCurl}
-	if _, err := exec.LookPath("curl"); err == nil {
-		paths["curl"] = os.Getenv("PATH")
-	} else {
-		t.Log("curl not installed; only the /dev/tcp fallback is tested")
-	}
+	})
 
 	ready, notReady, closed := fakeAgent(t, http.StatusOK), fakeAgent(t, http.StatusServiceUnavailable), closedAddr(t)
-	for name, path := range paths {
+	// check runs the script with PATH path against the three agents.
+	check := func(t *testing.T, path string) {
 		for _, tc := range []struct {
 			addr string
 			ok   bool
@@ -693,19 +697,33 @@ func TestCheckScript(t *testing.T) {
 			var ee *exec.ExitError
 			switch {
 			case err != nil && !errors.As(err, &ee):
-				t.Fatalf("%s: %v", name, err)
+				t.Fatal(err)
 			case tc.ok && err != nil:
-				t.Errorf("%s: ready agent at %s: %v\n%s", name, tc.addr, err, out)
+				t.Errorf("ready agent at %s: %v\n%s", tc.addr, err, out)
 			case !tc.ok && err == nil:
-				t.Errorf("%s: agent at %s is not ready, the script says it is", name, tc.addr)
+				t.Errorf("agent at %s is not ready, the script says it is", tc.addr)
 			}
 		}
 	}
+	t.Run("curl", func(t *testing.T) {
+		tool(t, "curl")
+		check(t, os.Getenv("PATH"))
+	})
+	t.Run("no curl", func(t *testing.T) {
+		// A PATH with bash and timeout only: the /dev/tcp fallback.
+		dir := t.TempDir()
+		for _, name := range []string{"bash", "timeout"} {
+			if err := os.Symlink(tool(t, name), filepath.Join(dir, name)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check(t, dir)
+	})
 }
 
 // TestKeepalivedConf checks the keepalived configuration: it runs the
 // check script with the agent's admin address and tracks it, and
-// keepalived -t accepts it (skipped when keepalived is not installed).
+// keepalived -t accepts it (which needs keepalived, and root).
 func TestKeepalivedConf(t *testing.T) {
 	conf := repoFile(t, "deploy/keepalived/keepalived.conf")
 	const installed = "/etc/keepalived/check-halo-agent.sh"
@@ -730,12 +748,9 @@ func TestKeepalivedConf(t *testing.T) {
 		}
 	}
 
-	keepalived, err := exec.LookPath("keepalived")
-	if err != nil {
-		t.Skip("keepalived not installed")
-	}
+	keepalived := tool(t, "keepalived")
 	if os.Geteuid() != 0 {
-		t.Skip("keepalived -t runs as root only")
+		skipOrFail(t, "keepalived -t runs as root only")
 	}
 	// The script where keepalived can run it: a root-owned directory that
 	// only root may write (enable_script_security checks every parent).

@@ -27,6 +27,11 @@ import (
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
+// stall bounds every wait in the tests: the time in which nothing happens
+// that a test waits for, generous for a 2-core machine running -race. It
+// bounds a stall, never the whole of a test.
+const stall = 10 * time.Second
+
 // backend is a TCP server that greets each connection with its name, then
 // echoes lines back prefixed with its name.
 type backend struct {
@@ -142,12 +147,15 @@ func newHarness(t *testing.T) *harness {
 
 type clusterOpt func(*config.Cluster)
 
-// set is a configuration with one listener on addr to one cluster.
+// set is a configuration with one listener on addr to one cluster. Its
+// timeouts are long so that a slow machine cannot reach them: a connect
+// that takes over a second, or an ejection that ends while a test still
+// counts on it, would make a test fail by the machine's speed.
 func set(addr netip.AddrPort, cluster string, eps []config.Endpoint, opts ...clusterOpt) *config.Set {
 	c := &config.Cluster{Name: cluster, EDS: true, EDSServiceName: cluster, LbPolicy: config.RoundRobin,
-		ConnectTimeout: time.Second, PanicThreshold: 1, MaxConnections: 1 << 20,
+		ConnectTimeout: stall, PanicThreshold: 1, MaxConnections: 1 << 20,
 		Outlier: &config.Outlier{ConsecutiveFailures: 1, EnforcingPercent: 100, Interval: time.Second,
-			BaseEjectionTime: 5 * time.Second, MaxEjectionTime: time.Minute, MaxEjectionPercent: 100}}
+			BaseEjectionTime: time.Hour, MaxEjectionTime: time.Hour, MaxEjectionPercent: 100}}
 	for _, o := range opts {
 		o(c)
 	}
@@ -180,7 +188,7 @@ func (h *harness) waitReady() {
 
 func poll(t *testing.T, what string, cond func() error) {
 	t.Helper()
-	waitfor.Nil(t, 10*time.Second, what, cond)
+	waitfor.Nil(t, stall, what, cond)
 }
 
 // client is one connection through the proxy.
@@ -201,7 +209,7 @@ func (h *harness) dial() *client {
 
 // ask sends a line and returns the answer ("name:line").
 func (c *client) ask(line string) (string, error) {
-	c.c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.c.SetDeadline(time.Now().Add(stall))
 	if _, err := io.WriteString(c.c, line+"\n"); err != nil {
 		return "", err
 	}
@@ -213,7 +221,7 @@ func (c *client) ask(line string) (string, error) {
 // the test if it is still open after a deadline.
 func waitClosed(t *testing.T, c *client, what string) {
 	t.Helper()
-	c.c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.c.SetDeadline(time.Now().Add(stall))
 	_, err := io.Copy(io.Discard, c.br)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -264,7 +272,7 @@ func TestHalfCloseBothWays(t *testing.T) {
 	if err := c.c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	c.c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.c.SetDeadline(time.Now().Add(stall))
 	rest, err := io.ReadAll(c.br)
 	if err != nil || string(rest) != "b:bye\n" {
 		t.Fatalf("after half-close read %q, %v", rest, err)
@@ -403,21 +411,27 @@ func TestUnhealthyClosesConnections(t *testing.T) {
 	}
 }
 
+// TestIdleTimeout: the listener's idle timeout closes a connection with no
+// traffic, not before it has passed (measured from before the last bytes
+// moved, so a slow machine cannot make it look early) and within stall
+// (waitClosed). The timeout is over the relay's one-second sweep so that
+// a shorter timeout than configured is seen.
 func TestIdleTimeout(t *testing.T) {
+	const idleTimeout = 1500 * time.Millisecond
 	h := newHarness(t)
 	b := newBackend(t, "b")
 	s := set(h.addr, "c", eps(b.addr))
-	s.Listeners["l"].IdleTimeout = 300 * time.Millisecond
+	s.Listeners["l"].IdleTimeout = idleTimeout
 	h.apply(s)
 	h.waitReady()
 	c := h.dial()
+	start := time.Now()
 	if _, err := c.ask("x"); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	waitClosed(t, c, "idle connection")
-	if d := time.Since(start); d < 250*time.Millisecond {
-		t.Errorf("closed after %v, before the idle timeout", d)
+	if d := time.Since(start); d < idleTimeout {
+		t.Errorf("closed after %v, before the %v idle timeout", d, idleTimeout)
 	}
 }
 

@@ -13,7 +13,11 @@ import (
 	"github.com/halolb/halo/internal/waitfor"
 )
 
-// waitTimeout bounds every wait in the tests.
+// waitTimeout bounds every wait in the tests. It bounds a stall (a time
+// in which nothing happens), never a whole transfer: a test that moves
+// many bytes sets its socket deadlines again after every read or write
+// that made progress, so a slow machine (2 cores, -race) only makes it
+// slower, not fail.
 const waitTimeout = 10 * time.Second
 
 // startEngine runs a new engine until the test ends.
@@ -147,7 +151,8 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	waitfor.True(t, waitTimeout, what, cond)
 }
 
-// expectClosed reads from c until it reports EOF or an error.
+// expectClosed reads from c until it reports EOF or an error; it fails
+// the test when c is still open after waitTimeout.
 func expectClosed(t testing.TB, c *net.TCPConn) {
 	t.Helper()
 	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))

@@ -3,6 +3,7 @@ package relay_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -25,30 +26,52 @@ func forEachImpl(t *testing.T, test func(t *testing.T, impl relay.Impl)) {
 	}
 }
 
+// randomBytes returns n bytes that depend only on seed. ChaCha8 fills
+// them in bulk: a byte-at-a-time loop takes most of a second per 16 MiB
+// under the race detector.
 func randomBytes(n int, seed uint64) []byte {
-	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
 	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
+	_, _ = rand.NewChaCha8(key).Read(b)
 	return b
+}
+
+// timedOut says whether err is a deadline passing.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// writeAll writes data to c. It fails only when no byte is taken for
+// waitTimeout: a write that times out having made progress goes on.
+func writeAll(c *net.TCPConn, data []byte) error {
+	for {
+		_ = c.SetWriteDeadline(time.Now().Add(waitTimeout))
+		n, err := c.Write(data)
+		data = data[n:]
+		if err == nil || !timedOut(err) || n == 0 {
+			return err
+		}
+	}
 }
 
 // writeAndClose writes data to c, then closes its write half.
 func writeAndClose(c *net.TCPConn, data []byte, errc chan<- error) {
-	if _, err := c.Write(data); err != nil {
+	if err := writeAll(c, data); err != nil {
 		errc <- err
 		return
 	}
 	errc <- c.CloseWrite()
 }
 
-// readAll reads c to EOF, slowly when chunk is small.
+// readAll reads c to EOF, slowly when chunk is small. It fails only when
+// no byte comes for waitTimeout, however long the whole takes.
 func readAll(c *net.TCPConn, chunk int) ([]byte, error) {
-	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
 	var out bytes.Buffer
 	buf := make([]byte, chunk)
 	for {
+		_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
 		n, err := c.Read(buf)
 		out.Write(buf[:n])
 		if errors.Is(err, io.EOF) {
@@ -211,20 +234,27 @@ func TestReset(t *testing.T) {
 	})
 }
 
+// TestIdleTimeout: a pair with no traffic is closed once its idle timeout
+// has passed, never before, and a pair with a long timeout stays open.
+// How soon after the timeout the close comes depends on the once-a-second
+// sweep and on the machine, so the test bounds it only by waitTimeout
+// (expectClosed): a pair that is never closed fails. The timeout is over
+// the sweep interval, so a sweep that closed pairs early is seen.
 func TestIdleTimeout(t *testing.T) {
 	forEachImpl(t, func(t *testing.T, impl relay.Impl) {
+		const idleTimeout = 1500 * time.Millisecond
 		e := startEngine(t, impl, relay.Config{})
 		f := newFixture(t)
-		idle := f.relayed(t, e, relay.Options{IdleTimeout: 500 * time.Millisecond})
-		busy := f.relayed(t, e, relay.Options{IdleTimeout: time.Hour})
 		start := time.Now()
+		idle := f.relayed(t, e, relay.Options{IdleTimeout: idleTimeout})
+		busy := f.relayed(t, e, relay.Options{IdleTimeout: time.Hour})
 		expectClosed(t, idle.client)
+		if d := time.Since(start); d < idleTimeout {
+			t.Fatalf("idle pair closed after %v, before its %v idle timeout", d, idleTimeout)
+		}
 		expectClosed(t, idle.backend)
 		if s := idle.done.wait(t); s.Reason != relay.ReasonIdle {
 			t.Fatalf("reason = %q, want idle", s.Reason)
-		}
-		if d := time.Since(start); d < 400*time.Millisecond || d > 3*time.Second {
-			t.Fatalf("idle pair closed after %v, want about 0.5-1.5s", d)
 		}
 		if e.Active() != 1 {
 			t.Fatalf("Active = %d, want 1", e.Active())
@@ -364,13 +394,15 @@ func TestManyPairs(t *testing.T) {
 }
 
 // pingPong sends rounds requests of size n through c and echoes them back.
+// Each round has waitTimeout: the deadline bounds a stalled exchange, not
+// the time all rounds of all pairs take together.
 func pingPong(wg *sync.WaitGroup, c *proxied, rounds, n int, errc chan<- error) {
 	defer wg.Done()
 	req := randomBytes(n, uint64(n))
 	buf := make([]byte, n)
-	_ = c.client.SetDeadline(time.Now().Add(waitTimeout))
-	_ = c.backend.SetDeadline(time.Now().Add(waitTimeout))
 	for range rounds {
+		_ = c.client.SetDeadline(time.Now().Add(waitTimeout))
+		_ = c.backend.SetDeadline(time.Now().Add(waitTimeout))
 		if _, err := c.client.Write(req); err != nil {
 			errc <- err
 			return
@@ -405,8 +437,7 @@ func TestBackpressure(t *testing.T) {
 		data := randomBytes(64<<20, 5)
 		_ = c.client.SetWriteDeadline(time.Now().Add(time.Second))
 		n, err := c.client.Write(data)
-		var ne net.Error
-		if !errors.As(err, &ne) || !ne.Timeout() {
+		if !timedOut(err) {
 			t.Fatalf("write of %d bytes to a stalled reader: n %d, err %v; want a timeout", len(data), n, err)
 		}
 		t.Logf("%d MiB in flight when the writer blocked", n>>20)

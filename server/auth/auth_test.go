@@ -1,52 +1,55 @@
-package auth
+package auth_test
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/halolb/halo/internal/waitfor"
+	"github.com/halolb/halo/server/auth"
 )
 
 func TestAccessOf(t *testing.T) {
-	for m, want := range map[string]Access{
-		"/grpc.health.v1.Health/Check":                                                    Open,
-		"/grpc.health.v1.Health/Watch":                                                    Open,
-		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":                       Open,
-		"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources": XDS,
-		"/halo.v1.TopologyService/PutCluster":                                             Write,
-		"/halo.v1.TopologyService/DeleteNode":                                             Write,
-		"/halo.v1.TopologyService/GetNode":                                                Read,
-		"/halo.v1.TopologyService/ListClusters":                                           Read,
-		"/halo.v1.TopologyService/Watch":                                                  Read,
-		"/halo.v1.EndpointService/ResolveEndpoints":                                       Read,
-		"/halo.v1.StatusService/ListBackends":                                             Read,
-		"/halo.v1.TopologyService/SomethingNew":                                           Write,
-		"/other.Service/Get":                                                              Write,
+	for m, want := range map[string]auth.Access{
+		"/grpc.health.v1.Health/Check":                                                    auth.Open,
+		"/grpc.health.v1.Health/Watch":                                                    auth.Open,
+		"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo":                       auth.Open,
+		"/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources": auth.XDS,
+		"/halo.v1.TopologyService/PutCluster":                                             auth.Write,
+		"/halo.v1.TopologyService/DeleteNode":                                             auth.Write,
+		"/halo.v1.TopologyService/GetNode":                                                auth.Read,
+		"/halo.v1.TopologyService/ListClusters":                                           auth.Read,
+		"/halo.v1.TopologyService/Watch":                                                  auth.Read,
+		"/halo.v1.EndpointService/ResolveEndpoints":                                       auth.Read,
+		"/halo.v1.StatusService/ListBackends":                                             auth.Read,
+		"/halo.v1.TopologyService/SomethingNew":                                           auth.Write,
+		"/other.Service/Get":                                                              auth.Write,
 	} {
-		if got := AccessOf(m); got != want {
+		if got := auth.AccessOf(m); got != want {
 			t.Errorf("AccessOf(%s) = %v, want %v", m, got, want)
 		}
 	}
 }
 
 func TestParsePolicy(t *testing.T) {
-	p, err := ParsePolicy([]byte("# comment\nadmin: [alice, ci-deploy]\nread-only:\n  - bob\n"))
+	p, err := auth.ParsePolicy([]byte("# comment\nadmin: [alice, ci-deploy]\nread-only:\n  - bob\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	for u, want := range map[string]Role{"alice": Admin, "ci-deploy": Admin, "bob": ReadOnly, "carol": NoRole} {
+	for u, want := range map[string]auth.Role{"alice": auth.Admin, "ci-deploy": auth.Admin, "bob": auth.ReadOnly, "carol": auth.NoRole} {
 		if got := p.RoleOf(u); got != want {
 			t.Errorf("RoleOf(%s) = %v, want %v", u, got, want)
 		}
 	}
-	star, err := ParsePolicy([]byte("admin: [alice]\nread-only: ['*']\n"))
+	star, err := auth.ParsePolicy([]byte("admin: [alice]\nread-only: ['*']\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if star.RoleOf("anyone") != ReadOnly || star.RoleOf("alice") != Admin {
+	if star.RoleOf("anyone") != auth.ReadOnly || star.RoleOf("alice") != auth.Admin {
 		t.Errorf("with *: anyone %v, alice %v", star.RoleOf("anyone"), star.RoleOf("alice"))
 	}
 	for _, bad := range []string{
@@ -56,10 +59,33 @@ func TestParsePolicy(t *testing.T) {
 		"admin: [alice]\nread-only: [alice]", // two roles
 		"admin: [a/b]",
 	} {
-		if _, err := ParsePolicy([]byte(bad)); err == nil {
+		if _, err := auth.ParsePolicy([]byte(bad)); err == nil {
 			t.Errorf("ParsePolicy(%q) accepted", bad)
 		}
 	}
+}
+
+// stall bounds every wait: the file is looked at once a second, when the
+// policy is asked for.
+const stall = 10 * time.Second
+
+// logBuffer collects a logger's output; the policy file logs from the
+// goroutine that asks for the policy.
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestPolicyFileReloads(t *testing.T) {
@@ -67,32 +93,33 @@ func TestPolicyFileReloads(t *testing.T) {
 	if err := os.WriteFile(path, []byte("admin: [alice]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	f, err := LoadPolicyFile(path, nil)
+	logs := &logBuffer{}
+	f, err := auth.LoadPolicyFile(path, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.Policy().RoleOf("bob") != NoRole {
+	if f.Policy().RoleOf("bob") != auth.NoRole {
 		t.Fatal("bob has a role")
 	}
 	if err := os.WriteFile(path, []byte("admin: [alice]\nread-only: [bob, carol]\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitfor.True(t, 10*time.Second, "bob read-only after the edit", func() bool { return f.Policy().RoleOf("bob") == ReadOnly })
-	// A broken edit keeps the policy in force.
+	waitfor.True(t, stall, "bob read-only after the edit", func() bool { return f.Policy().RoleOf("bob") == auth.ReadOnly })
+	// A broken edit keeps the policy in force. The failed reload's warning
+	// shows the broken file has been read; only then is the policy looked
+	// at, so a reload that dropped the policy cannot pass unseen.
+	before := f.Policy()
 	if err := os.WriteFile(path, []byte("admin: [alice\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	before := f.current()
-	waitfor.True(t, 10*time.Second, "the broken file looked at", func() bool {
+	waitfor.True(t, stall, "the broken file read and refused", func() bool {
 		f.Policy()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		return time.Since(f.checked) < time.Second && f.checked.After(time.Now().Add(-500*time.Millisecond))
+		return strings.Contains(logs.String(), "policy file not reloaded")
 	})
-	if f.Policy() != before || f.Policy().RoleOf("bob") != ReadOnly {
-		t.Fatal("a broken policy file replaced a good one")
+	if got := f.Policy(); got != before || got.RoleOf("bob") != auth.ReadOnly || got.RoleOf("alice") != auth.Admin {
+		t.Fatalf("after a broken edit: bob %v, alice %v; want the previous policy (read-only, admin)", got.RoleOf("bob"), got.RoleOf("alice"))
 	}
-	if _, err := LoadPolicyFile(path, nil); err == nil || !strings.Contains(err.Error(), path) {
+	if _, err := auth.LoadPolicyFile(path, nil); err == nil || !strings.Contains(err.Error(), path) {
 		t.Errorf("LoadPolicyFile of a broken file: %v", err)
 	}
 }
