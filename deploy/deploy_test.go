@@ -46,8 +46,10 @@ var agentFlags = map[string]bool{
 	"tls-key":            true,
 	"tls-server-name":    true,
 	"cache-dir":          true,
-	"bootstrap-backends": true,
-	"bootstrap-listen":   true,
+	"fallback-backends":  true,
+	"fallback-listen":    true,
+	"bootstrap-backends": true, // deprecated name of fallback-backends
+	"bootstrap-listen":   true, // deprecated name of fallback-listen
 	"admin-listen":       true,
 	"log-level":          true,
 	"log-format":         true,
@@ -56,9 +58,9 @@ var agentFlags = map[string]bool{
 
 // Defaults of the agent flags the checks below depend on.
 const (
-	defaultAdminListen     = "127.0.0.1:18002"
-	defaultCacheDir        = "/var/lib/halo-agent"
-	defaultBootstrapListen = "127.0.0.1:6443"
+	defaultAdminListen    = "127.0.0.1:18002"
+	defaultCacheDir       = "/var/lib/halo-agent"
+	defaultFallbackListen = "127.0.0.1:6443"
 )
 
 // inCI says whether the tests run in CI: CI is set and not false.
@@ -238,20 +240,20 @@ func TestStaticPod(t *testing.T) {
 				}
 			}
 		}
-		for _, name := range []string{"server", "cluster", "node", "bootstrap-backends"} {
+		for _, name := range []string{"server", "cluster", "node", "fallback-backends"} {
 			if args[name] == "" {
 				t.Errorf("--%s is not set", name)
 			}
 		}
-		for _, hp := range strings.Split(args["bootstrap-backends"], ",") {
+		for _, hp := range strings.Split(args["fallback-backends"], ",") {
 			if _, err := netip.ParseAddrPort(hp); err != nil {
-				t.Errorf("--bootstrap-backends: %v", err)
+				t.Errorf("--fallback-backends: %v", err)
 			}
 		}
 		// No capabilities: every listener the pod binds is >= 1024.
-		for _, name := range []string{"bootstrap-listen", "admin-listen"} {
+		for _, name := range []string{"fallback-listen", "admin-listen"} {
 			ap, err := netip.ParseAddrPort(flag(name, map[string]string{
-				"bootstrap-listen": defaultBootstrapListen, "admin-listen": defaultAdminListen}[name]))
+				"fallback-listen": defaultFallbackListen, "admin-listen": defaultAdminListen}[name]))
 			if err != nil {
 				t.Errorf("--%s: %v", name, err)
 			} else if ap.Port() < 1024 {
@@ -623,13 +625,13 @@ func TestReadmeFlags(t *testing.T) {
 	cont := false
 	for _, l := range strings.Split(repoFile(t, "deploy/README.md"), "\n") {
 		// Commands that run halo-agent (and their continuation lines),
-		// the flag table, and the --bootstrap-* flags the text names.
+		// the flag table, and the --fallback-* flags the text names.
 		if cont || strings.HasPrefix(strings.TrimSpace(l), "halo-agent ") || strings.HasPrefix(l, "| `--") {
 			keep = append(keep, l)
 		}
 		cont = (cont || strings.HasPrefix(strings.TrimSpace(l), "halo-agent ")) && strings.HasSuffix(l, "\\")
 		for _, m := range regexp.MustCompile("`--([a-z-]+)").FindAllStringSubmatch(l, -1) {
-			if strings.Contains(l, "halo-agent") || strings.HasPrefix(m[1], "bootstrap-") || strings.HasPrefix(m[1], "tls-") {
+			if strings.Contains(l, "halo-agent") || strings.HasPrefix(m[1], "fallback-") || strings.HasPrefix(m[1], "tls-") {
 				keep = append(keep, "`--"+m[1])
 			}
 		}
