@@ -284,8 +284,7 @@ func TestClusterRejections(t *testing.T) {
 			c.EdsClusterConfig.EdsConfig.ConfigSourceSpecifier = &corev3.ConfigSource_Self{Self: &corev3.SelfConfigSource{}}
 		}},
 		{rejection{"eds v2", "eds_cluster_config.eds_config.resource_api_version", "V2 is not supported"}, func(c *clusterv3.Cluster) {
-			//lint:ignore SA1019 the point is that the deprecated V2 is refused
-			c.EdsClusterConfig.EdsConfig.ResourceApiVersion = corev3.ApiVersion_V2
+			c.EdsClusterConfig.EdsConfig.ResourceApiVersion = corev3.ApiVersion_V2 //nolint:staticcheck // SA1019: the point is that the deprecated V2 is refused
 		}},
 		{rejection{"initial fetch timeout", "eds_cluster_config.eds_config.initial_fetch_timeout", unsupported}, func(c *clusterv3.Cluster) {
 			c.EdsClusterConfig.EdsConfig.InitialFetchTimeout = durationpb.New(1e9)

@@ -209,7 +209,9 @@ func (h *harness) dial() *client {
 
 // ask sends a line and returns the answer ("name:line").
 func (c *client) ask(line string) (string, error) {
-	c.c.SetDeadline(time.Now().Add(stall))
+	if err := c.c.SetDeadline(time.Now().Add(stall)); err != nil {
+		return "", err
+	}
 	if _, err := io.WriteString(c.c, line+"\n"); err != nil {
 		return "", err
 	}
@@ -221,7 +223,9 @@ func (c *client) ask(line string) (string, error) {
 // the test if it is still open after a deadline.
 func waitClosed(t *testing.T, c *client, what string) {
 	t.Helper()
-	c.c.SetDeadline(time.Now().Add(stall))
+	if err := c.c.SetDeadline(time.Now().Add(stall)); err != nil {
+		t.Fatal(err)
+	}
 	_, err := io.Copy(io.Discard, c.br)
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
@@ -272,7 +276,9 @@ func TestHalfCloseBothWays(t *testing.T) {
 	if err := c.c.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	c.c.SetDeadline(time.Now().Add(stall))
+	if err := c.c.SetDeadline(time.Now().Add(stall)); err != nil {
+		t.Fatal(err)
+	}
 	rest, err := io.ReadAll(c.br)
 	if err != nil || string(rest) != "b:bye\n" {
 		t.Fatalf("after half-close read %q, %v", rest, err)
@@ -547,7 +553,9 @@ func TestRebalanceAfterAJoin(t *testing.T) {
 	// do; least-request sends them to b2.
 	poll(t, "connections rebalanced", func() error {
 		for i, c := range clients {
-			c.c.SetReadDeadline(time.Now().Add(time.Millisecond))
+			if err := c.c.SetReadDeadline(time.Now().Add(time.Millisecond)); err != nil {
+				return err
+			}
 			if _, err := c.br.Peek(1); err != nil {
 				var ne net.Error
 				if !errors.As(err, &ne) || !ne.Timeout() {

@@ -42,15 +42,14 @@ const (
 // need Write, so that a new RPC is closed until someone decides.
 func AccessOf(fullMethod string) Access {
 	service, method, _ := strings.Cut(strings.TrimPrefix(fullMethod, "/"), "/")
-	switch {
-	case service == "grpc.health.v1.Health",
-		service == "grpc.reflection.v1.ServerReflection", service == "grpc.reflection.v1alpha.ServerReflection":
+	switch service {
+	case "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection":
 		return Open
-	case service == "envoy.service.discovery.v3.AggregatedDiscoveryService":
+	case "envoy.service.discovery.v3.AggregatedDiscoveryService":
 		return XDS
-	case service == "halo.v1.EndpointService", service == "halo.v1.StatusService":
+	case "halo.v1.EndpointService", "halo.v1.StatusService":
 		return Read
-	case service == "halo.v1.TopologyService":
+	case "halo.v1.TopologyService":
 		if strings.HasPrefix(method, "Get") || strings.HasPrefix(method, "List") || method == "Watch" {
 			return Read
 		}
