@@ -320,14 +320,14 @@ func (c *Client) setVersions(vs map[string]string) {
 			continue
 		}
 		if had {
-			c.metrics.configInfo.DeleteLabelValues(t, old)
+			c.metrics.configInfo.DeleteLabelValues(t, short(old))
 		}
 		if v == "" {
 			delete(c.versions, t)
 			continue
 		}
 		c.versions[t] = v
-		c.metrics.configInfo.WithLabelValues(t, v).Set(1)
+		c.metrics.configInfo.WithLabelValues(t, short(v)).Set(1)
 	}
 }
 
