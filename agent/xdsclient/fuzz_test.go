@@ -51,8 +51,8 @@ const (
 	maxSeries = 8
 )
 
-// hugeLen is the length of a "huge" string: large, yet so that a response
-// holding two of them stays under gRPC's 4 MiB message limit.
+// hugeLen is the length in bytes of a "huge" string: large, yet so that
+// a response holding two of them stays under gRPC's 4 MiB message limit.
 const hugeLen = 1 << 20
 
 // maxResponse bounds a scripted response (gRPC's default limit is 4 MiB);
@@ -128,7 +128,8 @@ func (r *byteReader) str() string {
 // huge reads a huge string of one repeated character, printable or one
 // that %q escapes into four bytes.
 func (r *byteReader) huge() string {
-	return strings.Repeat([]string{"a", "\x01", "é", "\u2028"}[r.byte()%4], hugeLen)
+	c := []string{"a", "\x01", "é", "\u2028"}[r.byte()%4]
+	return strings.Repeat(c, hugeLen/len(c))
 }
 
 // wireRes is one scripted resource. SotW sends only body (a nil body as
@@ -247,7 +248,7 @@ func decodeScript(data []byte, sotw bool) script {
 		} else {
 			n = 300
 		}
-		size := 0
+		size := len(st.typeURL) + len(st.nonce) + len(st.version)
 		for i := 0; i < n; i++ {
 			var pick, mode, ver byte
 			if many {
@@ -646,7 +647,6 @@ func runScript(t *testing.T, sc script, sotw bool) {
 	if _, err := xdsclient.New(cfg); err != nil {
 		t.Errorf("the applied state cannot be a restart's Initial: %v", err)
 	}
-	r.checkBounds()
 }
 
 // arm restarts the stall timer.
@@ -848,6 +848,7 @@ func (r *fuzzRun) step(i int, st step, final bool) {
 		}
 		r.versions = got
 	}
+	r.checkBounds(what)
 	if refused != nil {
 		return
 	}
@@ -899,12 +900,12 @@ func (r *fuzzRun) checkSubscription(what string) {
 
 // checkBounds checks what the client keeps of what it was sent: log
 // records and metric series.
-func (r *fuzzRun) checkBounds() {
+func (r *fuzzRun) checkBounds(what string) {
 	r.logs.mu.Lock()
 	longest := r.logs.max
 	r.logs.mu.Unlock()
 	if longest > maxLogRecord {
-		r.t.Errorf("a log record of %d bytes", longest)
+		r.t.Fatalf("%s: a log record of %d bytes", what, longest)
 	}
 	mfs, err := r.reg.Gather()
 	if err != nil {
@@ -912,12 +913,12 @@ func (r *fuzzRun) checkBounds() {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == "halo_agent_xds_updates_total" && len(mf.GetMetric()) > maxSeries {
-			r.t.Errorf("%d series of %s", len(mf.GetMetric()), mf.GetName())
+			r.t.Fatalf("%s: %d series of %s", what, len(mf.GetMetric()), mf.GetName())
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "type" && len(l.GetValue()) > 256 {
-					r.t.Errorf("%s: a type label of %d bytes", mf.GetName(), len(l.GetValue()))
+				if len(l.GetValue()) > 256 {
+					r.t.Fatalf("%s: %s: a %s label of %d bytes", what, mf.GetName(), l.GetName(), len(l.GetValue()))
 				}
 			}
 		}
@@ -1011,7 +1012,8 @@ func seedScripts(sotw bool) [][]byte {
 		slices.Concat([]byte{0}, resp(tCDS|nEmpty, nil, [][]byte{res(0, mValid, poolVersion)}),
 			resp(tCDS|nRepeat|refuse, nil, [][]byte{res(1, mValid, poolVersion)}),
 			resp(tEDS|nString, []byte{2, 'n', '1'}, [][]byte{res(0, mValid, poolVersion)}),
-			resp(tEDS|nString, []byte{0, 1}, nil)),
+			resp(tEDS|nString, []byte{0, 1}, nil),
+			resp(tOther|nString|vString, []byte{1, 0, 1, 0, 3}, nil)), // NACKed, huge nonce and version
 		// versions: empty, repeated, huge; a resource without a version
 		slices.Concat([]byte{0}, resp(tCDS|vEmpty, nil, [][]byte{res(0, mValid, poolVersion)}),
 			resp(tCDS|vRepeat, nil, [][]byte{res(0, mValid, 0)}),
