@@ -36,6 +36,7 @@ import (
 
 	"github.com/halolb/halo/agent/config"
 	"github.com/halolb/halo/agent/xdsclient"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/snapshot/snapshottest"
 )
@@ -79,7 +80,7 @@ var poolOnce = sync.OnceValue(func() *pool {
 		res := snapshot.Build(snapshot.Input{Cluster: clusters[cname], Nodes: snapshottest.Nodes()})
 		for _, prof := range slices.Sorted(maps.Keys(res.Snapshots)) {
 			s := res.Snapshots[prof]
-			for _, t := range snapshot.Types {
+			for _, t := range xdscontract.Types {
 				for _, n := range s.Names(t) {
 					r := s.Get(t, n)
 					if k := t + "/" + n + "@" + r.Version; !seen[k] {
@@ -89,7 +90,7 @@ var poolOnce = sync.OnceValue(func() *pool {
 				}
 			}
 			if p.initial == nil && cname == "local, etcd LB" {
-				for _, t := range snapshot.Types {
+				for _, t := range xdscontract.Types {
 					for _, n := range s.Names(t) {
 						p.initial = append(p.initial, s.Get(t, n))
 					}
@@ -194,11 +195,11 @@ func decodeScript(data []byte, sotw bool) script {
 		st := step{refuse: op&8 != 0}
 		switch sel := op & 7; sel {
 		case 0, 3:
-			st.typeURL = config.ClusterType
+			st.typeURL = xdscontract.ClusterType
 		case 1, 4:
-			st.typeURL = config.EndpointType
+			st.typeURL = xdscontract.EndpointType
 		case 2, 5:
-			st.typeURL = config.ListenerType
+			st.typeURL = xdscontract.ListenerType
 		case 6:
 			if i := int(r.byte()); i%8 < len(otherTypes) {
 				st.typeURL = otherTypes[i%8]
@@ -239,7 +240,7 @@ func decodeScript(data []byte, sotw bool) script {
 		prevNonce, prevVersion = st.nonce, st.version
 		cands := p.byType[st.typeURL]
 		if cands == nil {
-			cands = slices.Concat(p.byType[config.ClusterType], p.byType[config.EndpointType], p.byType[config.ListenerType])
+			cands = slices.Concat(p.byType[xdscontract.ClusterType], p.byType[xdscontract.EndpointType], p.byType[xdscontract.ListenerType])
 		}
 		n := int(r.byte())
 		many := n >= 250
@@ -276,7 +277,7 @@ func decodeScript(data []byte, sotw bool) script {
 			case 3: // garbage bytes under the right type URL
 				w.body = &anypb.Any{TypeUrl: base.Any.GetTypeUrl(), Value: []byte(r.str())}
 			case 4: // another type's resource
-				others := p.byType[snapshot.Types[(slices.Index(snapshot.Types, st.typeURL)+1+int(r.byte())%2)%3]]
+				others := p.byType[xdscontract.Types[(slices.Index(xdscontract.Types, st.typeURL)+1+int(r.byte())%2)%3]]
 				w.body = others[int(r.byte())%len(others)].Any
 			case 5:
 				w.body = nil
@@ -291,7 +292,7 @@ func decodeScript(data []byte, sotw bool) script {
 				}
 				w.body = &anypb.Any{TypeUrl: base.Any.GetTypeUrl(), Value: v}
 			case 7: // another type's bytes under this type URL
-				others := p.byType[snapshot.Types[(slices.Index(snapshot.Types, st.typeURL)+1)%3]]
+				others := p.byType[xdscontract.Types[(slices.Index(xdscontract.Types, st.typeURL)+1)%3]]
 				w.body = &anypb.Any{TypeUrl: st.typeURL, Value: others[int(r.byte())%len(others)].Any.GetValue()}
 			}
 			switch {
@@ -334,9 +335,9 @@ func decodeScript(data []byte, sotw bool) script {
 // initial snapshot, which must be ACKed whatever came before.
 func finalStep(sotw bool) step {
 	p := poolOnce()
-	st := step{typeURL: config.ListenerType, nonce: "final", version: "final"}
+	st := step{typeURL: xdscontract.ListenerType, nonce: "final", version: "final"}
 	for _, r := range p.initial {
-		if r.Any.GetTypeUrl() == config.ListenerType {
+		if r.Any.GetTypeUrl() == xdscontract.ListenerType {
 			st.resources = append(st.resources, wireRes{name: r.Name, version: r.Version, body: r.Any})
 		}
 	}
@@ -390,9 +391,9 @@ func sameResources(a, b []*xdsclient.Resource) bool {
 // the names it keeps subscribed.
 func (m model) keepEndpoints() []string {
 	want := xdsclient.ClusterEDSNames(m.list())
-	for n := range m[config.EndpointType] {
+	for n := range m[xdscontract.EndpointType] {
 		if !slices.Contains(want, n) {
-			delete(m[config.EndpointType], n)
+			delete(m[xdscontract.EndpointType], n)
 		}
 	}
 	return want
@@ -417,7 +418,7 @@ func sotwName(a *anypb.Any) (string, bool) {
 // apply is the model's answer to st: the candidate state, or why st is
 // refused before the agent sees it.
 func (m model) apply(st step, sotw bool) (model, error) {
-	known := st.typeURL == config.ClusterType || st.typeURL == config.EndpointType || st.typeURL == config.ListenerType
+	known := st.typeURL == xdscontract.ClusterType || st.typeURL == xdscontract.EndpointType || st.typeURL == xdscontract.ListenerType
 	res := st.resources
 	if sotw {
 		res = nil
@@ -480,7 +481,7 @@ func (r *recorder) update(_ context.Context, typeURL string, state []*xdsclient.
 		}
 		seen[k] = true
 	}
-	if typeURL != config.ClusterType && typeURL != config.EndpointType && typeURL != config.ListenerType {
+	if typeURL != xdscontract.ClusterType && typeURL != xdscontract.EndpointType && typeURL != xdscontract.ListenerType {
 		r.problems = append(r.problems, "Update of type "+clip(typeURL))
 	}
 	if r.refuse {
@@ -679,15 +680,15 @@ func (r *fuzzRun) next(what string) proto.Message {
 // then the endpoints of the initial state if any.
 func (r *fuzzRun) checkStart() {
 	t := r.t
-	for i, typ := range []string{config.ClusterType, config.ListenerType, config.EndpointType} {
-		if typ == config.EndpointType && len(r.eds) == 0 {
+	for i, typ := range []string{xdscontract.ClusterType, xdscontract.ListenerType, xdscontract.EndpointType} {
+		if typ == xdscontract.EndpointType && len(r.eds) == 0 {
 			break
 		}
 		m := r.next("the first requests")
 		if r.sotw {
 			q := m.(*discoveryv3.DiscoveryRequest)
 			want := &discoveryv3.DiscoveryRequest{TypeUrl: typ, VersionInfo: r.versions[typ]}
-			if typ == config.EndpointType {
+			if typ == xdscontract.EndpointType {
 				want.ResourceNames = r.eds
 			}
 			q.Node = checkNode(t, i, q.GetNode())
@@ -701,7 +702,7 @@ func (r *fuzzRun) checkStart() {
 		for n, res := range r.m[typ] {
 			want.InitialResourceVersions[n] = res.Version
 		}
-		if typ == config.EndpointType {
+		if typ == xdscontract.EndpointType {
 			want.ResourceNamesSubscribe = r.eds
 		}
 		q.Node = checkNode(t, i, q.GetNode())
@@ -748,7 +749,7 @@ func (r *fuzzRun) step(i int, st step, final bool) {
 	if err != nil {
 		t.Fatalf("response %d: send: %v", i, err)
 	}
-	if r.sotw && st.typeURL == config.EndpointType {
+	if r.sotw && st.typeURL == xdscontract.EndpointType {
 		r.edsNonce = st.nonce
 	}
 
@@ -773,7 +774,7 @@ func (r *fuzzRun) step(i int, st step, final bool) {
 			version = r.versions[st.typeURL]
 		}
 		var names []string
-		if st.typeURL == config.EndpointType {
+		if st.typeURL == xdscontract.EndpointType {
 			names = r.eds
 		}
 		if q.GetTypeUrl() != st.typeURL || q.GetResponseNonce() != st.nonce || q.GetVersionInfo() != version ||
@@ -840,7 +841,7 @@ func (r *fuzzRun) step(i int, st step, final bool) {
 		}
 	} else {
 		// Delta: a type's version is a hash of its names and versions.
-		for _, typ := range []string{config.ClusterType, config.EndpointType, config.ListenerType} {
+		for _, typ := range []string{xdscontract.ClusterType, xdscontract.EndpointType, xdscontract.ListenerType} {
 			same := maps.EqualFunc(prev[typ], r.m[typ], func(a, b *xdsclient.Resource) bool { return a.Version == b.Version })
 			if same != (got[typ] == r.versions[typ]) {
 				t.Fatalf("%s: %s version %q -> %q, resources the same: %v", what, typ, r.versions[typ], got[typ], same)
@@ -868,7 +869,7 @@ func (r *fuzzRun) checkSubscription(what string) {
 			return // SotW keeps its last names rather than ask for every one
 		}
 		q := r.next(what + ": subscription").(*discoveryv3.DiscoveryRequest)
-		exp := &discoveryv3.DiscoveryRequest{TypeUrl: config.EndpointType, VersionInfo: r.versions[config.EndpointType],
+		exp := &discoveryv3.DiscoveryRequest{TypeUrl: xdscontract.EndpointType, VersionInfo: r.versions[xdscontract.EndpointType],
 			ResourceNames: want, ResponseNonce: r.edsNonce}
 		if !proto.Equal(q, exp) {
 			t.Fatalf("%s: subscription %s, want %s", what, describeReq(q), describeReq(exp))
@@ -891,7 +892,7 @@ func (r *fuzzRun) checkSubscription(what string) {
 		return
 	}
 	q := r.next(what + ": subscription").(*discoveryv3.DeltaDiscoveryRequest)
-	exp := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: config.EndpointType, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}
+	exp := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: xdscontract.EndpointType, ResourceNamesSubscribe: sub, ResourceNamesUnsubscribe: unsub}
 	if !proto.Equal(q, exp) {
 		t.Fatalf("%s: subscription %s, want %s", what, describeReq(q), describeReq(exp))
 	}
