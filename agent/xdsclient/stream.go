@@ -83,7 +83,7 @@ func errorDetail(err error) *statuspb.Status {
 	if err == nil {
 		return nil
 	}
-	return &statuspb.Status{Code: int32(codes.InvalidArgument), Message: err.Error()}
+	return &statuspb.Status{Code: int32(codes.InvalidArgument), Message: clip(err.Error(), maxErrorDetail)}
 }
 
 // deltaStream is a Delta (incremental) ADS stream.
@@ -199,7 +199,9 @@ func (s *sotwStream) recv() (*response, error) {
 		return nil, err
 	}
 	r := &response{typeURL: m.GetTypeUrl(), nonce: m.GetNonce(), version: m.GetVersionInfo(), full: true}
-	s.nonces[r.typeURL] = r.nonce
+	if knownType(r.typeURL) {
+		s.nonces[r.typeURL] = r.nonce // not unknown types: they would grow the map without end
+	}
 	for i, a := range m.GetResources() {
 		name, err := resourceName(a)
 		if err != nil && r.invalid == nil {

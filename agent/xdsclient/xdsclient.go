@@ -35,6 +35,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
@@ -319,14 +320,14 @@ func (c *Client) setVersions(vs map[string]string) {
 			continue
 		}
 		if had {
-			c.metrics.configInfo.DeleteLabelValues(t, old)
+			c.metrics.configInfo.DeleteLabelValues(t, short(old))
 		}
 		if v == "" {
 			delete(c.versions, t)
 			continue
 		}
 		c.versions[t] = v
-		c.metrics.configInfo.WithLabelValues(t, v).Set(1)
+		c.metrics.configInfo.WithLabelValues(t, short(v)).Set(1)
 	}
 }
 
@@ -440,7 +441,7 @@ func (c *Client) protocol() string {
 // subscription of the (new) state. It returns an error only when the stream
 // failed.
 func (c *Client) handle(ctx context.Context, s stream, r *response) error {
-	c.log.Debug("xds response", "type_url", r.typeURL, "version", r.version, "nonce", r.nonce,
+	c.log.Debug("xds response", "type_url", short(r.typeURL), "version", short(r.version), "nonce", short(r.nonce),
 		"resources", len(r.resources), "removed", len(r.removed))
 	cand, want, err := c.candidate(r)
 	if err == nil && !cand.equal(c.state) {
@@ -453,8 +454,9 @@ func (c *Client) handle(ctx context.Context, s stream, r *response) error {
 		}
 	}
 	if err != nil {
-		c.metrics.updates.WithLabelValues(r.typeURL, "nack").Inc()
-		c.log.Warn("xds configuration refused (NACK)", "type_url", r.typeURL, "version", r.version, "nonce", r.nonce, "error", err)
+		c.metrics.updates.WithLabelValues(typeLabel(r.typeURL), "nack").Inc()
+		c.log.Warn("xds configuration refused (NACK)", "type_url", short(r.typeURL), "version", short(r.version), "nonce", short(r.nonce),
+			"error", clip(err.Error(), maxErrorDetail))
 		return s.reply(r, c.version(r.typeURL), err)
 	}
 	if c.cfg.SotW {
@@ -462,7 +464,7 @@ func (c *Client) handle(ctx context.Context, s stream, r *response) error {
 	} else {
 		c.setVersions(c.state.typeVersions())
 	}
-	c.metrics.updates.WithLabelValues(r.typeURL, "ack").Inc()
+	c.metrics.updates.WithLabelValues(typeLabel(r.typeURL), "ack").Inc()
 	if err := s.reply(r, r.version, nil); err != nil {
 		return err
 	}
@@ -476,7 +478,7 @@ func (c *Client) candidate(r *response) (state, []string, error) {
 		return nil, nil, r.invalid
 	}
 	if !knownType(r.typeURL) {
-		return nil, nil, fmt.Errorf("type %q is not supported (only listeners, clusters and endpoints)", r.typeURL)
+		return nil, nil, fmt.Errorf("type %q is not supported (only listeners, clusters and endpoints)", short(r.typeURL))
 	}
 	cand := c.state.clone()
 	m := cand[r.typeURL]
@@ -489,11 +491,15 @@ func (c *Client) candidate(r *response) (state, []string, error) {
 		case res.Name == "":
 			return nil, nil, fmt.Errorf("a resource of type %s has no name", r.typeURL)
 		case res.Body == nil:
-			return nil, nil, fmt.Errorf("resource %q has no body", res.Name)
+			return nil, nil, fmt.Errorf("resource %q has no body", short(res.Name))
 		case res.Body.GetTypeUrl() != r.typeURL:
-			return nil, nil, fmt.Errorf("resource %q is a %s in a response of %s", res.Name, res.Body.GetTypeUrl(), r.typeURL)
+			return nil, nil, fmt.Errorf("resource %q is a %q in a response of %s", short(res.Name), short(res.Body.GetTypeUrl()), r.typeURL)
 		case seen[res.Name]:
-			return nil, nil, fmt.Errorf("resource %q appears twice", res.Name)
+			return nil, nil, fmt.Errorf("resource %q appears twice", short(res.Name))
+		case res.Version == "":
+			// Config.Initial refuses it: a restart from this state
+			// (the agent's cache) would fail.
+			return nil, nil, fmt.Errorf("resource %q has no version", short(res.Name))
 		}
 		seen[res.Name] = true
 		m[res.Name] = res
@@ -510,4 +516,36 @@ func (c *Client) candidate(r *response) (state, []string, error) {
 // edsNames is the endpoint subscription of a state: sorted, unique.
 func (c *Client) edsNames(s state) []string {
 	return sortedUnique(c.cfg.EDSNames(s.list()))
+}
+
+// typeLabel is a type URL as a metric label: unknown types, which a server
+// can make up without end, share one series.
+func typeLabel(url string) string {
+	if knownType(url) {
+		return url
+	}
+	return "other"
+}
+
+// maxEcho bounds what the client repeats of a server's string (a name, a
+// type URL, a nonce) in an error or a log record.
+const maxEcho = 128
+
+// maxErrorDetail bounds a NACK's error_detail and its log record.
+const maxErrorDetail = 2048
+
+// short is s cut to maxEcho bytes.
+func short(s string) string { return clip(s, maxEcho) }
+
+// clip cuts s to at most n bytes (on a character boundary), saying how
+// long it was.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s…(%d bytes)", s[:cut], len(s))
 }
