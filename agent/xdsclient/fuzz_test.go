@@ -570,7 +570,6 @@ type fuzzRun struct {
 	eds       []string          // the endpoint subscription on the wire
 	edsNonce  string            // SotW: the newest endpoints nonce sent
 	versions  map[string]string // the client's Versions
-	responded int
 }
 
 func runScript(t *testing.T, sc script, sotw bool) {
@@ -583,7 +582,12 @@ func runScript(t *testing.T, sc script, sotw bool) {
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, srv)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(lis) }()
-	defer func() { gs.Stop(); <-served }()
+	defer func() {
+		gs.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("scripted server: %v", err)
+		}
+	}()
 
 	p := poolOnce()
 	r := &fuzzRun{t: t, sotw: sotw, rec: &recorder{}, logs: &logSize{}, reg: prometheus.NewPedanticRegistry(), m: model{},

@@ -1,8 +1,6 @@
 package xdsclient
 
 import (
-	"github.com/halolb/halo/internal/xdscontract"
-
 	"context"
 	"errors"
 	"fmt"
@@ -19,6 +17,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // response is one response of either protocol.

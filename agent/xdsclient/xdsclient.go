@@ -25,8 +25,6 @@
 package xdsclient
 
 import (
-	"github.com/halolb/halo/internal/xdscontract"
-
 	"context"
 	"errors"
 	"fmt"
@@ -47,6 +45,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	hbackoff "github.com/halolb/halo/internal/backoff"
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // EstablishedAfter is how long a stream that delivered no response must stay

@@ -745,7 +745,12 @@ func TestFailedAttemptsBackOff(t *testing.T) {
 	refusing := servertest.Listen(t)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(refusing) }()
-	t.Cleanup(func() { gs.Stop(); <-served })
+	t.Cleanup(func() {
+		gs.Stop()
+		if err := <-served; err != nil {
+			t.Errorf("refusing server: %v", err)
+		}
+	})
 
 	const wait = 50 * time.Millisecond
 	reg := prometheus.NewPedanticRegistry()
