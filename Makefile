@@ -92,7 +92,7 @@ tidy-check: ## fail if go mod tidy would change go.mod or go.sum
 vuln: $(BIN)/.govulncheck-$(GOVULNCHECK_VERSION) $(BIN)/.indexdb-$(VULNDB_VERSION) ## govulncheck the module against the pinned vulnerability database (offline)
 	govulncheck -db file://$(BIN)/vulndb ./...
 
-FUZZ_PKGS := ./server/topology/ ./agent/config/ ./internal/identity/
+FUZZ_PKGS := ./server/topology/ ./server/ads/ ./agent/config/ ./agent/xdsclient/ ./internal/identity/
 
 fuzz: ## run each validator fuzz target for FUZZTIME (default 20s)
 	@for p in $(FUZZ_PKGS); do \

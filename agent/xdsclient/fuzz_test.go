@@ -566,10 +566,10 @@ type fuzzRun struct {
 	stream *serverStream
 	timer  *time.Timer
 
-	m         model
-	eds       []string          // the endpoint subscription on the wire
-	edsNonce  string            // SotW: the newest endpoints nonce sent
-	versions  map[string]string // the client's Versions
+	m        model
+	eds      []string          // the endpoint subscription on the wire
+	edsNonce string            // SotW: the newest endpoints nonce sent
+	versions map[string]string // the client's Versions
 }
 
 func runScript(t *testing.T, sc script, sotw bool) {
