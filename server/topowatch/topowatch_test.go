@@ -64,10 +64,18 @@ func (r *recorder) Apply(ev topowatch.Event) {
 		r.calls = append(r.calls, fmt.Sprintf("out of order: %d after %d", ev.Revision, r.rev))
 	}
 	r.rev = ev.Revision
+	if r.topo == nil {
+		r.calls = append(r.calls, fmt.Sprintf("apply before any reset: %d", ev.Revision))
+		return
+	}
 	var parts []string
 	for _, ch := range ev.Changes {
 		parts = append(parts, describe(ch))
 		t := r.topo[ch.ClusterName()]
+		if _, put := ch.(topowatch.ClusterPut); t == nil && !put {
+			parts = append(parts, "(of an unknown cluster)")
+			continue
+		}
 		switch c := ch.(type) {
 		case topowatch.ClusterPut:
 			if t == nil {
