@@ -153,7 +153,7 @@ func (s *backendSet) Apply(ev topowatch.Event) {
 			delete(s.clusters, ch.ClusterName())
 			changed = true
 		case topowatch.NodePut:
-			if bc == nil || !(topology.IsAnyBackend(c.Old) || topology.IsAnyBackend(c.Node)) {
+			if bc == nil || !topology.IsAnyBackend(c.Old) && !topology.IsAnyBackend(c.Node) {
 				continue // a worker
 			}
 			if topology.IsAnyBackend(c.Node) {

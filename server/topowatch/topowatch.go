@@ -68,7 +68,7 @@ type Change interface {
 	change()
 }
 
-// ClusterPut: a cluster was created or changed.
+// ClusterPut is a cluster created or changed.
 type ClusterPut struct {
 	// Cluster is the stored cluster.
 	Cluster *halov1.Cluster
@@ -76,14 +76,14 @@ type ClusterPut struct {
 	Old *halov1.Cluster
 }
 
-// ClusterDeleted: a cluster was deleted, with its nodes and their
-// backend statuses (which come as no change of their own).
+// ClusterDeleted is a cluster deleted, with its nodes and their backend
+// statuses (which come as no change of their own).
 type ClusterDeleted struct {
 	// Cluster is the cluster as it was last stored.
 	Cluster *halov1.Cluster
 }
 
-// NodePut: a node was registered or changed.
+// NodePut is a node registered or changed.
 type NodePut struct {
 	// Node is the stored node.
 	Node *halov1.Node
@@ -92,29 +92,40 @@ type NodePut struct {
 	Old *halov1.Node
 }
 
-// NodeDeleted: a node was deleted.
+// NodeDeleted is a node deleted.
 type NodeDeleted struct {
 	// Node is the node as it was last stored.
 	Node *halov1.Node
 }
 
-// StatusPut: the prober stored a backend's health.
+// StatusPut is a backend's health, as the prober stored it.
 type StatusPut struct {
 	Status *halov1.BackendStatus
 }
 
-// StatusDeleted: a backend's stored health was deleted (its node was).
+// StatusDeleted is a backend's stored health deleted (with its node).
 type StatusDeleted struct {
 	// Status is the health last stored.
 	Status *halov1.BackendStatus
 }
 
-func (c ClusterPut) ClusterName() string     { return c.Cluster.GetName() }
+// ClusterName is the cluster's name.
+func (c ClusterPut) ClusterName() string { return c.Cluster.GetName() }
+
+// ClusterName is the cluster's name.
 func (c ClusterDeleted) ClusterName() string { return c.Cluster.GetName() }
-func (c NodePut) ClusterName() string        { return c.Node.GetCluster() }
-func (c NodeDeleted) ClusterName() string    { return c.Node.GetCluster() }
-func (c StatusPut) ClusterName() string      { return c.Status.GetCluster() }
-func (c StatusDeleted) ClusterName() string  { return c.Status.GetCluster() }
+
+// ClusterName is the node's cluster.
+func (c NodePut) ClusterName() string { return c.Node.GetCluster() }
+
+// ClusterName is the node's cluster.
+func (c NodeDeleted) ClusterName() string { return c.Node.GetCluster() }
+
+// ClusterName is the backend's cluster.
+func (c StatusPut) ClusterName() string { return c.Status.GetCluster() }
+
+// ClusterName is the backend's cluster.
+func (c StatusDeleted) ClusterName() string { return c.Status.GetCluster() }
 
 func (ClusterPut) change()     {}
 func (ClusterDeleted) change() {}
