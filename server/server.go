@@ -46,6 +46,7 @@ import (
 	"github.com/halolb/halo/server/replicas"
 	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/store"
+	"github.com/halolb/halo/server/topowatch"
 )
 
 // Server is a halo-server. Create it with New and start it with Run.
@@ -177,16 +178,23 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	pub, err := publisher.New(publisher.Config{Store: st, Cache: cache, Logger: s.log.With("component", "publisher"), Registerer: registry})
+	// One topology watch per replica: the publisher follows it always, the
+	// prober's controller only while it leads the probes.
+	topo, err := topowatch.New(topowatch.Config{Store: st, Logger: s.log.With("component", "topology"), Registerer: registry})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
+	pub, err := publisher.New(publisher.Config{Cache: cache, Logger: s.log.With("component", "publisher"), Registerer: registry})
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	topo.Subscribe(pub)
 	reg, err := replicas.New(replicas.Config{Client: client, Prefix: s.cfg.EtcdPrefix, Self: replicas.Replica{Name: replica, Address: advertise},
 		TTL: s.cfg.ReplicaTTL, Logger: s.log.With("component", "replicas")})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
 	}
-	probes, err := prober.NewController(prober.ControllerConfig{Store: st, Logger: s.log.With("component", "prober"),
+	probes, err := prober.NewController(prober.ControllerConfig{Store: st, Topology: topo, Logger: s.log.With("component", "prober"),
 		Election: &prober.Election{Client: client, Prefix: s.cfg.EtcdPrefix, Name: replica, TTL: s.cfg.ProbeElectionTTL, Logger: s.log.With("component", "prober")}})
 	if err != nil {
 		return fmt.Errorf("server: %w", err)
@@ -300,7 +308,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		s.watchEtcdHealth(gctx, client, healthSrv)
 		return nil
 	})
-	g.Go(func() error { return pub.Run(gctx) })
+	g.Go(func() error { return topo.Run(gctx) })
 	g.Go(func() error { return adsSrv.Run(gctx) })
 	g.Go(func() error { return reg.Run(gctx) })
 	g.Go(func() error { return probes.Run(gctx) })

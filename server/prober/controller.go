@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -22,12 +24,15 @@ import (
 	"github.com/halolb/halo/internal/backoff"
 	"github.com/halolb/halo/server/store"
 	"github.com/halolb/halo/server/topology"
+	"github.com/halolb/halo/server/topowatch"
 )
 
 // ControllerConfig configures a Controller.
 type ControllerConfig struct {
-	// Store is where the topology is read and transitions are written.
+	// Store is where transitions are written.
 	Store *store.Store
+	// Topology is the replica's topology watcher, followed while leading.
+	Topology *topowatch.Watcher
 	// Election decides which replica probes.
 	Election *Election
 	// Logger receives the controller's logs; nil discards them.
@@ -47,8 +52,8 @@ type Controller struct {
 
 // NewController returns a controller; it starts nothing.
 func NewController(cfg ControllerConfig) (*Controller, error) {
-	if cfg.Store == nil || cfg.Election == nil {
-		return nil, errors.New("health: ControllerConfig.Store and Election are required")
+	if cfg.Store == nil || cfg.Topology == nil || cfg.Election == nil {
+		return nil, errors.New("prober: ControllerConfig.Store, Topology and Election are required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
@@ -70,7 +75,9 @@ func (c *Controller) Statuses() []Status {
 	return nil
 }
 
-// lead probes until ctx ends (leadership lost or shutdown).
+// lead probes until ctx ends (leadership lost or shutdown): it follows the
+// topology only meanwhile, subscribed to the watcher, which hands it the
+// current topology at once.
 func (c *Controller) lead(ctx context.Context) {
 	p := NewProber(Config{OnTransition: func(t Transition) { c.write(ctx, t) }, Logger: c.log})
 	c.prober.Store(p)
@@ -80,70 +87,104 @@ func (c *Controller) lead(ctx context.Context) {
 		defer close(done)
 		_ = p.Run(ctx)
 	}()
-	defer func() { <-done }()
-	clients := &clientCache{m: map[string]*http.Client{}}
-	retry := backoff.Backoff{Initial: 200 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}
-	for ctx.Err() == nil {
-		all, rev, err := c.cfg.Store.LoadAll(ctx)
-		if err == nil {
-			retry.Reset()
-			bs := c.backends(all, clients)
-			p.Set(bs)
-			probed := nodesOf(bs)
-			err = c.cfg.Store.Watch(ctx, "", rev+1, func(ev *halov1.WatchEvent) error {
-				if !concernsBackends(ev, probed) {
-					return nil // a worker, or a health transition (ours)
-				}
-				// A cluster, a master or an etcd member changed: recompute
-				// from a fresh read (rare; keeps one code path).
-				all, _, err := c.cfg.Store.LoadAll(ctx)
-				if err != nil {
-					return err
-				}
-				bs := c.backends(all, clients)
-				p.Set(bs)
-				probed = nodesOf(bs)
-				return nil
-			})
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		c.log.Warn("prober: following the topology failed; retrying", "error", err)
-		if !retry.Wait(ctx) {
-			return
-		}
-	}
+	unsubscribe := c.cfg.Topology.Subscribe(newBackendSet(c.cfg.Election.Name, c.log, p.Set))
+	<-ctx.Done()
+	unsubscribe()
+	<-done
 }
 
-// nodesOf returns the nodes bs are on (cluster/node).
-func nodesOf(bs []Backend) map[string]bool {
-	m := make(map[string]bool, len(bs))
-	for _, b := range bs {
-		m[b.Cluster+"/"+b.Node] = true
-	}
-	return m
-}
-
-// concernsBackends reports whether a watch event can change what is
-// probed: a cluster (ports, probe settings, credentials), or a node that is
+// backendSet keeps the set of backends to probe from the topology: a
+// topowatch.Consumer. It keeps only the clusters and their backends (and
+// the backends' stored health, to start a backend from), and computes the
+// set again only when a change concerns it: a cluster, or a node that is
 // or was a master or an etcd member. Workers, which are nearly every node,
-// and health transitions are not: at 10,000 nodes a registration must not
-// cost the prober a reload of the whole topology.
-func concernsBackends(ev *halov1.WatchEvent, probed map[string]bool) bool {
-	for _, ch := range ev.GetChanges() {
-		switch o := ch.GetObject().(type) {
-		case *halov1.Change_Cluster:
-			return true
-		case *halov1.Change_Node:
-			n := o.Node
-			if probed[n.GetCluster()+"/"+n.GetName()] ||
-				topology.HasRole(n, halov1.Role_ROLE_CONTROL_PLANE) || topology.HasRole(n, halov1.Role_ROLE_ETCD) {
-				return true
+// and health transitions (the prober's own) are not: at 10,000 nodes a
+// registration must not cost the prober a pass over the whole topology.
+type backendSet struct {
+	replica string // in the probes' User-Agent
+	log     *slog.Logger
+	set     func([]Backend)
+	clients *clientCache
+	// clusters is the topology as far as it shapes the set.
+	clusters map[string]*backendCluster
+}
+
+type backendCluster struct {
+	cluster  *halov1.Cluster
+	backends map[string]*halov1.Node // the masters and etcd members
+	stored   map[Key]*halov1.BackendStatus
+}
+
+func newBackendSet(replica string, log *slog.Logger, set func([]Backend)) *backendSet {
+	return &backendSet{replica: replica, log: log, set: set, clients: &clientCache{m: map[string]*http.Client{}}, clusters: map[string]*backendCluster{}}
+}
+
+// Reset takes the whole topology and sets the backends.
+func (s *backendSet) Reset(all map[string]*store.ClusterTopology, _ int64) {
+	s.clusters = make(map[string]*backendCluster, len(all))
+	for name, t := range all {
+		bc := &backendCluster{cluster: t.Cluster, backends: map[string]*halov1.Node{}, stored: map[Key]*halov1.BackendStatus{}}
+		for _, n := range t.Nodes {
+			if topology.IsAnyBackend(n) {
+				bc.backends[n.GetName()] = n
+			}
+		}
+		for _, st := range t.Backends {
+			bc.stored[keyOf(st)] = st
+		}
+		s.clusters[name] = bc
+	}
+	s.set(s.backends())
+}
+
+// Apply follows one revision, and sets the backends if it concerns them.
+func (s *backendSet) Apply(ev topowatch.Event) {
+	changed := false
+	for _, ch := range ev.Changes {
+		bc := s.clusters[ch.ClusterName()]
+		switch c := ch.(type) {
+		case topowatch.ClusterPut:
+			if bc == nil {
+				bc = &backendCluster{backends: map[string]*halov1.Node{}, stored: map[Key]*halov1.BackendStatus{}}
+				s.clusters[ch.ClusterName()] = bc
+			}
+			bc.cluster, changed = c.Cluster, true
+		case topowatch.ClusterDeleted:
+			delete(s.clusters, ch.ClusterName())
+			changed = true
+		case topowatch.NodePut:
+			if bc == nil || !topology.IsAnyBackend(c.Old) && !topology.IsAnyBackend(c.Node) {
+				continue // a worker
+			}
+			if topology.IsAnyBackend(c.Node) {
+				bc.backends[c.Node.GetName()] = c.Node
+			} else {
+				delete(bc.backends, c.Node.GetName())
+			}
+			changed = true
+		case topowatch.NodeDeleted:
+			if bc == nil || !topology.IsAnyBackend(c.Node) {
+				continue
+			}
+			delete(bc.backends, c.Node.GetName())
+			changed = true
+		case topowatch.StatusPut:
+			if bc != nil {
+				bc.stored[keyOf(c.Status)] = c.Status
+			}
+		case topowatch.StatusDeleted:
+			if bc != nil {
+				delete(bc.stored, keyOf(c.Status))
 			}
 		}
 	}
-	return false
+	if changed {
+		s.set(s.backends())
+	}
+}
+
+func keyOf(st *halov1.BackendStatus) Key {
+	return Key{Cluster: st.GetCluster(), Node: st.GetNode(), Kind: kindOf(st.GetKind())}
 }
 
 // write stores a transition, retrying briefly while etcd is unavailable.
@@ -168,33 +209,31 @@ func (c *Controller) write(ctx context.Context, t Transition) {
 
 // backends lists what to probe in every cluster, starting each backend
 // from its stored state.
-func (c *Controller) backends(all map[string]*store.ClusterTopology, clients *clientCache) []Backend {
+func (s *backendSet) backends() []Backend {
 	var out []Backend
-	for _, ct := range all {
-		d := topology.WithDefaults(ct.Cluster)
-		stored := map[Key]*halov1.BackendStatus{}
-		for _, st := range ct.Backends {
-			stored[Key{Cluster: st.GetCluster(), Node: st.GetNode(), Kind: kindOf(st.GetKind())}] = st
-		}
-		add := func(nodes []*halov1.Node, kind Kind, port uint32, hc *halov1.HealthCheck) {
-			client, token, creds, err := clients.get(hc)
+	for _, name := range slices.Sorted(maps.Keys(s.clusters)) {
+		bc := s.clusters[name]
+		d := topology.WithDefaults(bc.cluster)
+		nodes := slices.Collect(maps.Values(bc.backends))
+		add := func(kind halov1.BackendKind, port uint32, hc *halov1.HealthCheck) {
+			client, token, creds, err := s.clients.get(hc)
 			if err != nil {
-				c.log.Warn("prober: cannot load probe credentials; probing without", "cluster", d.GetName(), "error", err)
+				s.log.Warn("prober: cannot load probe credentials; probing without", "cluster", d.GetName(), "error", err)
 			}
-			s := Settings{Interval: hc.GetInterval().AsDuration(), Timeout: hc.GetTimeout().AsDuration(), Rise: int(hc.GetRise()), Fall: int(hc.GetFall())}
-			for _, n := range nodes {
-				k := Key{Cluster: d.GetName(), Node: n.GetName(), Kind: kind}
-				b := Backend{Key: k, Client: client, Settings: s,
-					Target: Target{Kind: kind, URL: "https://" + net.JoinHostPort(topology.AccessIP(n), strconv.Itoa(int(port))) + hc.GetPath(),
-						Token: token, Credentials: creds, UserAgent: "halo-prober/" + c.cfg.Election.Name}}
-				if st := stored[k]; st != nil {
-					b.Initial, b.Since = stateOf(st.GetState()), st.GetSince().AsTime()
+			st := Settings{Interval: hc.GetInterval().AsDuration(), Timeout: hc.GetTimeout().AsDuration(), Rise: int(hc.GetRise()), Fall: int(hc.GetFall())}
+			for _, n := range topology.Backends(nodes, kind) {
+				k := Key{Cluster: d.GetName(), Node: n.GetName(), Kind: kindOf(kind)}
+				b := Backend{Key: k, Client: client, Settings: st,
+					Target: Target{Kind: k.Kind, URL: "https://" + net.JoinHostPort(topology.AccessIP(n), strconv.Itoa(int(port))) + hc.GetPath(),
+						Token: token, Credentials: creds, UserAgent: "halo-prober/" + s.replica}}
+				if stored := bc.stored[k]; stored != nil {
+					b.Initial, b.Since = stateOf(stored.GetState()), stored.GetSince().AsTime()
 				}
 				out = append(out, b)
 			}
 		}
-		add(topology.Masters(ct.Nodes), APIServer, d.GetApiserver().GetPort(), d.GetApiserver().GetHealthCheck())
-		add(topology.EtcdMembers(ct.Nodes), Etcd, d.GetEtcd().GetClientPort(), d.GetEtcd().GetHealthCheck())
+		add(halov1.BackendKind_BACKEND_KIND_APISERVER, d.GetApiserver().GetPort(), d.GetApiserver().GetHealthCheck())
+		add(halov1.BackendKind_BACKEND_KIND_ETCD, d.GetEtcd().GetClientPort(), d.GetEtcd().GetHealthCheck())
 	}
 	return out
 }

@@ -1,55 +1,49 @@
 // Package publisher keeps every node's xDS snapshot in step with the
-// topology in etcd: it loads everything once, builds each cluster's
-// snapshots, publishes them to the snapshot cache, and then follows etcd's watch,
-// rebuilding only the clusters a change affects (a worker joining only
-// moves that node to its profile). After a compaction or a broken watch it
-// loads everything again, so no change is ever missed.
+// topology in etcd. It is a consumer of the replica's topology watcher
+// (server/topowatch): at each full load it builds every cluster's snapshots
+// and publishes them to the snapshot cache; at each change it rebuilds only
+// the clusters whose backends or settings changed (a worker joining only
+// moves that node to its profile).
 package publisher
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"slices"
 	"strings"
-	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
-	"github.com/halolb/halo/internal/backoff"
 	"github.com/halolb/halo/server/snapcache"
 	"github.com/halolb/halo/server/snapshot"
 	"github.com/halolb/halo/server/store"
 	"github.com/halolb/halo/server/topology"
+	"github.com/halolb/halo/server/topowatch"
 )
 
 // Config configures a Publisher.
 type Config struct {
-	// Store is the topology. Required.
-	Store *store.Store
 	// Cache receives the snapshots. Required.
 	Cache *snapcache.Cache
 	// Logger receives the publisher's logs. Nil: discard.
 	Logger *slog.Logger
 	// Registerer receives its metrics. Nil: none.
 	Registerer prometheus.Registerer
-	// RetryInterval is the first wait after etcd fails; it doubles up to
-	// ten times that. Zero: 500ms.
-	RetryInterval time.Duration
 }
 
 // Publisher publishes snapshots from the topology. Create it with New and
-// run it with Run.
+// subscribe it to the topology watcher: it is a topowatch.Consumer, and
+// like one it is called one call at a time.
 type Publisher struct {
 	cfg     Config
 	log     *slog.Logger
 	metrics *metrics
 
-	// The topology as last seen, owned by Run.
+	// The topology as last seen, owned by the calls of the watcher.
 	clusters map[string]*model
 }
 
@@ -86,14 +80,11 @@ func (m *model) healthOf(_, node string, kind halov1.BackendKind) corev3.HealthS
 
 // New returns a Publisher. It starts nothing.
 func New(cfg Config) (*Publisher, error) {
-	if cfg.Store == nil || cfg.Cache == nil {
-		return nil, errors.New("publisher: Config.Store and Config.Cache are required")
+	if cfg.Cache == nil {
+		return nil, errors.New("publisher: Config.Cache is required")
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
-	}
-	if cfg.RetryInterval <= 0 {
-		cfg.RetryInterval = 500 * time.Millisecond
 	}
 	m, err := newMetrics(cfg.Registerer)
 	if err != nil {
@@ -102,35 +93,10 @@ func New(cfg Config) (*Publisher, error) {
 	return &Publisher{cfg: cfg, log: cfg.Logger, metrics: m, clusters: map[string]*model{}}, nil
 }
 
-// Run publishes the topology and follows its changes until ctx ends; it
-// returns nil then. etcd failures are retried with backoff, never fatal.
-func (p *Publisher) Run(ctx context.Context) error {
-	retry := backoff.Backoff{Initial: p.cfg.RetryInterval, Max: 10 * p.cfg.RetryInterval, Jitter: 0.2}
-	for {
-		all, rev, err := p.cfg.Store.LoadAll(ctx)
-		if err == nil {
-			retry.Reset()
-			p.replaceAll(all)
-			p.log.Info("topology published", "clusters", len(all), "revision", rev)
-			err = p.cfg.Store.Watch(ctx, "", rev+1, p.apply)
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		p.metrics.relists.Inc()
-		if errors.Is(err, store.ErrCompacted) {
-			p.log.Warn("topology watch fell behind etcd's compaction; loading everything again", "error", err)
-			continue
-		}
-		p.log.Warn("topology watch failed; retrying", "error", err)
-		if !retry.Wait(ctx) {
-			return nil
-		}
-	}
-}
+var _ topowatch.Consumer = (*Publisher)(nil)
 
-// replaceAll publishes a full load, and forgets clusters that are gone.
-func (p *Publisher) replaceAll(all map[string]*store.ClusterTopology) {
+// Reset publishes a full load, and forgets the clusters that are gone.
+func (p *Publisher) Reset(all map[string]*store.ClusterTopology, rev int64) {
 	for name := range p.clusters {
 		if all[name] == nil {
 			delete(p.clusters, name)
@@ -153,63 +119,62 @@ func (p *Publisher) replaceAll(all map[string]*store.ClusterTopology) {
 		p.clusters[name] = m
 		p.publish(name, m)
 	}
+	p.log.Info("topology published", "clusters", len(all), "revision", rev)
 }
 
-// apply follows one committed write.
-func (p *Publisher) apply(ev *halov1.WatchEvent) error {
+// Apply follows one revision: it rebuilds once each cluster whose settings,
+// backends or backend health changed, and only moves the other nodes that
+// changed to their profile.
+func (p *Publisher) Apply(ev topowatch.Event) {
 	rebuild := map[string]bool{}
 	type moved struct{ cluster, node string }
 	var nodesMoved []moved
-	for _, ch := range ev.GetChanges() {
-		del := ch.GetType() == halov1.ChangeType_CHANGE_TYPE_DELETE
-		if c := ch.GetCluster(); c != nil {
-			name := c.GetName()
-			if del {
-				delete(p.clusters, name)
-				delete(rebuild, name)
-				p.cfg.Cache.Remove(name)
-				continue
-			}
-			m := p.clusters[name]
+	for _, ch := range ev.Changes {
+		name := ch.ClusterName()
+		if c, ok := ch.(topowatch.ClusterDeleted); ok {
+			delete(p.clusters, c.Cluster.GetName())
+			delete(rebuild, name)
+			p.cfg.Cache.Remove(name)
+			continue
+		}
+		m := p.clusters[name]
+		if c, ok := ch.(topowatch.ClusterPut); ok {
 			if m == nil {
 				m = newModel()
 				p.clusters[name] = m
 			}
-			m.cluster = c
+			m.cluster = c.Cluster
 			rebuild[name] = true
 			continue
 		}
-		if st := ch.GetBackendStatus(); st != nil {
-			m := p.clusters[st.GetCluster()]
-			if m == nil {
-				continue
-			}
-			k := backendKey{st.GetNode(), st.GetKind()}
-			if del {
-				delete(m.health, k)
+		if m == nil {
+			continue // the watcher tells nothing of a cluster it does not know
+		}
+		switch c := ch.(type) {
+		case topowatch.NodePut:
+			m.nodes[c.Node.GetName()] = c.Node
+			if topology.IsAnyBackend(c.Old) || topology.IsAnyBackend(c.Node) {
+				rebuild[name] = true
 			} else {
-				m.health[k] = st.GetState()
+				nodesMoved = append(nodesMoved, moved{name, c.Node.GetName()})
 			}
-			if shapesResources(m.nodes[st.GetNode()]) {
-				rebuild[st.GetCluster()] = true
+		case topowatch.NodeDeleted:
+			delete(m.nodes, c.Node.GetName())
+			if topology.IsAnyBackend(c.Node) {
+				rebuild[name] = true
+			} else {
+				nodesMoved = append(nodesMoved, moved{name, c.Node.GetName()})
 			}
-			continue
-		}
-		n := ch.GetNode()
-		m := p.clusters[n.GetCluster()]
-		if n == nil || m == nil {
-			continue // a node of a cluster deleted in the same write
-		}
-		old := m.nodes[n.GetName()]
-		if del {
-			delete(m.nodes, n.GetName())
-		} else {
-			m.nodes[n.GetName()] = n
-		}
-		if shapesResources(old) || (!del && shapesResources(n)) {
-			rebuild[n.GetCluster()] = true
-		} else {
-			nodesMoved = append(nodesMoved, moved{n.GetCluster(), n.GetName()})
+		case topowatch.StatusPut:
+			m.health[backendKey{c.Status.GetNode(), c.Status.GetKind()}] = c.Status.GetState()
+			if topology.IsBackend(m.nodes[c.Status.GetNode()], c.Status.GetKind()) {
+				rebuild[name] = true
+			}
+		case topowatch.StatusDeleted:
+			delete(m.health, backendKey{c.Status.GetNode(), c.Status.GetKind()})
+			if topology.IsBackend(m.nodes[c.Status.GetNode()], c.Status.GetKind()) {
+				rebuild[name] = true
+			}
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(rebuild)) {
@@ -226,13 +191,6 @@ func (p *Publisher) apply(ev *halov1.WatchEvent) error {
 		}
 		p.cfg.Cache.SetNode(mv.cluster, mv.node, profile)
 	}
-	return nil
-}
-
-// shapesResources: masters and etcd members are the backends; the other
-// roles only choose a node's profile.
-func shapesResources(n *halov1.Node) bool {
-	return n != nil && (topology.HasRole(n, halov1.Role_ROLE_CONTROL_PLANE) || topology.HasRole(n, halov1.Role_ROLE_ETCD))
 }
 
 // publish builds a cluster's snapshots and publishes them with every node's
@@ -283,24 +241,21 @@ func (p *Publisher) publish(name string, m *model) {
 }
 
 type metrics struct {
-	builds  prometheus.Counter
-	relists prometheus.Counter
-	held    *prometheus.GaugeVec
+	builds prometheus.Counter
+	held   *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		builds: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "halo", Subsystem: "snapshot", Name: "builds_total",
 			Help: "Cluster snapshot builds."}),
-		relists: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "halo", Subsystem: "snapshot", Name: "relists_total",
-			Help: "Full reloads of the topology after a compaction or a broken watch."}),
 		held: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "halo", Subsystem: "snapshot", Name: "held_profiles",
 			Help: "Profiles whose newest snapshot is held back (empty cluster or invalid resource), by cluster."}, []string{"cluster"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.builds, m.relists, m.held} {
+	for _, c := range []prometheus.Collector{m.builds, m.held} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("publisher: register metrics: %w", err)
 		}
