@@ -112,98 +112,163 @@ func (s *Server) EtcdEndpoints() []string {
 // open watches end, in-flight calls finish (up to ShutdownTimeout), and etcd
 // stops. It returns nil after a clean shutdown, else the first fatal error,
 // and only once everything it started has stopped.
-func (s *Server) Run(ctx context.Context) (err error) {
-	lis := s.cfg.Listener
-	if lis == nil {
-		if lis, err = net.Listen("tcp", s.cfg.ListenAddress); err != nil {
-			return fmt.Errorf("server: listen (--listen): %w", err)
+func (s *Server) Run(ctx context.Context) error {
+	r, err := s.start(ctx)
+	if err != nil {
+		if errors.Is(err, errCancelledStart) {
+			return nil // cancelled while starting: a clean stop
+		}
+		return err
+	}
+	defer r.close()
+	return s.serve(ctx, r)
+}
+
+// errCancelledStart is start's error when ctx ended while etcd started.
+var errCancelledStart = errors.New("server: cancelled while starting")
+
+// running is what start built and serve runs: the listeners, etcd, the
+// components, and the gRPC and metrics servers around them.
+type running struct {
+	lis, mlis  net.Listener // mlis is nil without metrics
+	endpoints  []string     // the etcd client URLs in use
+	etcdErr    <-chan error // the embedded etcd's fatal errors; nil for an external etcd
+	client     *clientv3.Client
+	replica    string // this replica's name
+	advertise  string // the xDS address it registers
+	authz      *auth.Authorizer
+	topo       *topowatch.Watcher
+	ads        *ads.Server
+	reg        *replicas.Registration
+	probes     *prober.Controller
+	grpc       *grpc.Server
+	health     *health.Server
+	metrics    *http.Server // nil without metrics
+	endStreams context.CancelFunc
+
+	// undo releases what start acquired, last first.
+	undo []func()
+}
+
+// close releases everything start acquired, in the reverse order.
+func (r *running) close() {
+	for i := len(r.undo) - 1; i >= 0; i-- {
+		r.undo[i]()
+	}
+	r.undo = nil
+}
+
+// start builds every part of the server and starts none of its loops; on
+// an error it releases what it had acquired (as etcd's embed.StartEtcd
+// does), so a failed start leaves no listener, etcd or client behind.
+func (s *Server) start(ctx context.Context) (_ *running, err error) {
+	r := &running{}
+	defer func() {
+		if err != nil {
+			r.close()
+		}
+	}()
+	if r.lis = s.cfg.Listener; r.lis == nil {
+		if r.lis, err = net.Listen("tcp", s.cfg.ListenAddress); err != nil {
+			return nil, fmt.Errorf("server: listen (--listen): %w", err)
 		}
 	}
-	defer lis.Close()
-	mlis := s.cfg.MetricsListener
-	if mlis == nil && s.cfg.MetricsAddress != "" {
-		if mlis, err = net.Listen("tcp", s.cfg.MetricsAddress); err != nil {
-			return fmt.Errorf("server: listen (--metrics-listen): %w", err)
+	r.undo = append(r.undo, func() { _ = r.lis.Close() })
+	if r.mlis = s.cfg.MetricsListener; r.mlis == nil && s.cfg.MetricsAddress != "" {
+		if r.mlis, err = net.Listen("tcp", s.cfg.MetricsAddress); err != nil {
+			return nil, fmt.Errorf("server: listen (--metrics-listen): %w", err)
 		}
 	}
-	if mlis != nil {
-		defer mlis.Close()
+	if r.mlis != nil {
+		r.undo = append(r.undo, func() { _ = r.mlis.Close() })
 	}
 
-	endpoints := s.cfg.EtcdEndpoints
-	var etcdErr <-chan error
-	if len(endpoints) == 0 {
+	r.endpoints = s.cfg.EtcdEndpoints
+	if len(r.endpoints) == 0 {
 		e, err := embedetcd.Start(ctx, embedetcd.Config{Dir: s.cfg.DataDir, Logger: s.log, UnsafeNoFsync: s.cfg.EtcdUnsafeNoFsync})
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil // cancelled while starting: a clean stop
+				return nil, errCancelledStart
 			}
-			return fmt.Errorf("server: %w", err)
+			return nil, fmt.Errorf("server: %w", err)
 		}
-		defer e.Close()
-		endpoints, etcdErr = []string{e.Endpoint()}, e.Err()
+		r.undo = append(r.undo, e.Close)
+		r.endpoints, r.etcdErr = []string{e.Endpoint()}, e.Err()
 		s.log.Info("embedded etcd started", "data_dir", s.cfg.DataDir, "endpoint", e.Endpoint())
 	}
-	client, err := s.etcdClient(endpoints)
-	if err != nil {
-		return err
+	if r.client, err = s.etcdClient(r.endpoints); err != nil {
+		return nil, err
 	}
-	defer client.Close()
-
-	st, err := store.New(store.Config{Client: client, Prefix: s.cfg.EtcdPrefix, RequestTimeout: s.cfg.EtcdRequestTimeout, Logger: s.log.With("component", "store")})
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
+	r.undo = append(r.undo, func() { _ = r.client.Close() })
 	shutdown, endStreams := context.WithCancel(context.Background())
-	defer endStreams()
+	r.endStreams = endStreams
+	r.undo = append(r.undo, endStreams)
+
 	registry := prometheus.NewRegistry()
-	replica, advertise := s.cfg.identity(lis.Addr())
-	cache := s.cache
-	var authz *auth.Authorizer
+	services, err := s.components(shutdown, r, registry)
+	if err != nil {
+		return nil, err
+	}
+	r.grpc, r.health = s.grpcServer(r, services, registry)
+	if r.mlis != nil {
+		r.metrics = s.metricsServer(registry)
+	}
+	return r, nil
+}
+
+// components builds halo's parts on r's etcd client: the store, the
+// topology watch and its consumers (the publisher, the prober's
+// controller), the ADS server, the replica registration and the admin
+// services, which it returns. Streams end when shutdown does.
+func (s *Server) components(shutdown context.Context, r *running, registry *prometheus.Registry) (*api.Services, error) {
+	wrap := func(err error) error { return fmt.Errorf("server: %w", err) }
+	st, err := store.New(store.Config{Client: r.client, Prefix: s.cfg.EtcdPrefix, RequestTimeout: s.cfg.EtcdRequestTimeout, Logger: s.log.With("component", "store")})
+	if err != nil {
+		return nil, wrap(err)
+	}
+	r.replica, r.advertise = s.cfg.identity(r.lis.Addr())
 	if s.cfg.ClientCAFile != "" {
 		policy, err := auth.LoadPolicyFile(s.cfg.PolicyFile, s.log.With("component", "auth"))
 		if err != nil {
-			return fmt.Errorf("server: --policy: %w", err)
+			return nil, fmt.Errorf("server: --policy: %w", err)
 		}
-		if authz, err = auth.New(auth.Config{TrustDomain: s.cfg.TrustDomain, Policy: policy, Logger: s.log.With("component", "auth")}); err != nil {
-			return fmt.Errorf("server: %w", err)
+		if r.authz, err = auth.New(auth.Config{TrustDomain: s.cfg.TrustDomain, Policy: policy, Logger: s.log.With("component", "auth")}); err != nil {
+			return nil, wrap(err)
 		}
 	}
-	adsCfg := ads.Config{Cache: cache, Replica: replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry}
-	if authz != nil {
-		adsCfg.Authorize = authz.CheckNode
+	adsCfg := ads.Config{Cache: s.cache, Replica: r.replica, Logger: s.log.With("component", "xds"), Shutdown: shutdown, Registerer: registry}
+	if r.authz != nil {
+		adsCfg.Authorize = r.authz.CheckNode
 	}
-	adsSrv, err := ads.New(adsCfg)
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
+	if r.ads, err = ads.New(adsCfg); err != nil {
+		return nil, wrap(err)
 	}
 	// One topology watch per replica: the publisher follows it always, the
 	// prober's controller only while it leads the probes.
-	topo, err := topowatch.New(topowatch.Config{Store: st, Logger: s.log.With("component", "topology"), Registerer: registry})
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
+	if r.topo, err = topowatch.New(topowatch.Config{Store: st, Logger: s.log.With("component", "topology"), Registerer: registry}); err != nil {
+		return nil, wrap(err)
 	}
-	pub, err := publisher.New(publisher.Config{Cache: cache, Logger: s.log.With("component", "publisher"), Registerer: registry})
+	pub, err := publisher.New(publisher.Config{Cache: s.cache, Logger: s.log.With("component", "publisher"), Registerer: registry})
 	if err != nil {
-		return fmt.Errorf("server: %w", err)
+		return nil, wrap(err)
 	}
-	topo.Subscribe(pub)
-	reg, err := replicas.New(replicas.Config{Client: client, Prefix: s.cfg.EtcdPrefix, Self: replicas.Replica{Name: replica, Address: advertise},
-		TTL: s.cfg.ReplicaTTL, Logger: s.log.With("component", "replicas")})
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
+	r.topo.Subscribe(pub)
+	if r.reg, err = replicas.New(replicas.Config{Client: r.client, Prefix: s.cfg.EtcdPrefix, Self: replicas.Replica{Name: r.replica, Address: r.advertise},
+		TTL: s.cfg.ReplicaTTL, Logger: s.log.With("component", "replicas")}); err != nil {
+		return nil, wrap(err)
 	}
-	probes, err := prober.NewController(prober.ControllerConfig{Store: st, Topology: topo, Logger: s.log.With("component", "prober"),
-		Election: &prober.Election{Client: client, Prefix: s.cfg.EtcdPrefix, Name: replica, TTL: s.cfg.ProbeElectionTTL, Logger: s.log.With("component", "prober")}})
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
+	proberLog := s.log.With("component", "prober")
+	if r.probes, err = prober.NewController(prober.ControllerConfig{Store: st, Topology: r.topo, Logger: proberLog,
+		Election: &prober.Election{Client: r.client, Prefix: s.cfg.EtcdPrefix, Name: r.replica, TTL: s.cfg.ProbeElectionTTL, Logger: proberLog}}); err != nil {
+		return nil, wrap(err)
 	}
 	peerOpts, err := s.cfg.peerDialOptions(s.log.With("component", "tls"))
 	if err != nil {
-		return fmt.Errorf("server: %w", err)
+		return nil, wrap(err)
 	}
-	services, err := api.New(api.Config{Store: st, Logger: s.log.With("component", "api"), Shutdown: shutdown, ADS: adsSrv,
-		Replica: replica, XDSAddress: advertise, PeerDialOptions: peerOpts,
+	client := r.client
+	services, err := api.New(api.Config{Store: st, Logger: s.log.With("component", "api"), Shutdown: shutdown, ADS: r.ads,
+		Replica: r.replica, XDSAddress: r.advertise, PeerDialOptions: peerOpts,
 		Replicas: func(ctx context.Context) ([]replicas.Replica, error) {
 			return replicas.List(ctx, client, s.cfg.EtcdPrefix)
 		},
@@ -211,9 +276,15 @@ func (s *Server) Run(ctx context.Context) (err error) {
 			return prober.Leader(ctx, client, s.cfg.EtcdPrefix)
 		}})
 	if err != nil {
-		return fmt.Errorf("server: %w", err)
+		return nil, wrap(err)
 	}
+	return services, nil
+}
 
+// grpcServer builds the gRPC server of r's services on one port: the admin
+// services, ADS, health (NOT_SERVING until etcd answers) and reflection,
+// with metrics, logging and, in production mode, authorization.
+func (s *Server) grpcServer(r *running, services *api.Services, registry *prometheus.Registry) (*grpc.Server, *health.Server) {
 	// Namespaced: the embedded etcd registers its own grpc_server_* metrics
 	// in the default registry, which /metrics serves too.
 	grpcMetrics := grpcprom.NewServerMetrics(
@@ -237,10 +308,10 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	unary := []grpc.UnaryServerInterceptor{grpcMetrics.UnaryServerInterceptor(), logging.UnaryServerInterceptor(rpcLogger(s.log), rpcLogOptions...)}
 	stream := []grpc.StreamServerInterceptor{skipADS(grpcMetrics.StreamServerInterceptor()), skipADS(logging.StreamServerInterceptor(rpcLogger(s.log), rpcLogOptions...))}
-	if authz != nil {
+	if r.authz != nil {
 		// After metrics and logging, so that refused calls are counted and logged.
-		unary = append(unary, authz.UnaryInterceptor())
-		stream = append(stream, authz.StreamInterceptor())
+		unary = append(unary, r.authz.UnaryInterceptor())
+		stream = append(stream, r.authz.StreamInterceptor())
 	}
 	opts = append(opts, grpc.ChainUnaryInterceptor(unary...), grpc.ChainStreamInterceptor(stream...))
 	if s.tls != nil {
@@ -248,7 +319,7 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	gs := grpc.NewServer(opts...)
 	services.Register(gs)
-	adsSrv.Register(gs)
+	r.ads.Register(gs)
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(gs, healthSrv)
 	if !s.cfg.DisableReflection {
@@ -256,47 +327,54 @@ func (s *Server) Run(ctx context.Context) (err error) {
 	}
 	grpcMetrics.InitializeMetrics(gs)
 	setHealth(healthSrv, healthpb.HealthCheckResponse_NOT_SERVING)
+	return gs, healthSrv
+}
 
-	var metricsSrv *http.Server
-	if mlis != nil {
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, registry}, promhttp.HandlerOpts{}))
-		if s.cfg.EnablePprof {
-			mux.HandleFunc("/debug/pprof/", pprof.Index)
-			mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-			mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-			mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-			mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		}
-		metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+// metricsServer serves /metrics (halo's registry and the default one,
+// where the embedded etcd registers) and, when enabled, pprof.
+func (s *Server) metricsServer(registry *prometheus.Registry) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, registry}, promhttp.HandlerOpts{}))
+	if s.cfg.EnablePprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+}
 
+// serve runs what start built until ctx ends, then drains: health turns
+// NOT_SERVING, streams end, in-flight calls finish (up to
+// ShutdownTimeout). It returns once every loop has stopped.
+func (s *Server) serve(ctx context.Context, r *running) error {
 	s.mu.Lock()
-	s.addr, s.etcdEP = lis.Addr(), endpoints
-	if mlis != nil {
-		s.metricsAddr = mlis.Addr()
+	s.addr, s.etcdEP = r.lis.Addr(), r.endpoints
+	if r.mlis != nil {
+		s.metricsAddr = r.mlis.Addr()
 	}
 	s.mu.Unlock()
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := gs.Serve(lis); err != nil {
+		if err := r.grpc.Serve(r.lis); err != nil {
 			return fmt.Errorf("server: serve gRPC: %w", err)
 		}
 		return nil
 	})
-	if metricsSrv != nil {
+	if r.metrics != nil {
 		g.Go(func() error {
-			if err := metricsSrv.Serve(mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			if err := r.metrics.Serve(r.mlis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("server: serve metrics: %w", err)
 			}
 			return nil
 		})
 	}
-	if etcdErr != nil {
+	if r.etcdErr != nil {
 		g.Go(func() error {
 			select {
-			case err := <-etcdErr:
+			case err := <-r.etcdErr:
 				return fmt.Errorf("server: embedded etcd failed: %w", err)
 			case <-gctx.Done():
 				return nil
@@ -304,30 +382,30 @@ func (s *Server) Run(ctx context.Context) (err error) {
 		})
 	}
 	g.Go(func() error {
-		s.watchEtcdHealth(gctx, client, healthSrv)
+		s.watchEtcdHealth(gctx, r.client, r.health)
 		return nil
 	})
-	g.Go(func() error { return topo.Run(gctx) })
-	g.Go(func() error { return adsSrv.Run(gctx) })
-	g.Go(func() error { return reg.Run(gctx) })
-	g.Go(func() error { return probes.Run(gctx) })
+	g.Go(func() error { return r.topo.Run(gctx) })
+	g.Go(func() error { return r.ads.Run(gctx) })
+	g.Go(func() error { return r.reg.Run(gctx) })
+	g.Go(func() error { return r.probes.Run(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
 		s.log.Info("shutting down")
-		healthSrv.Shutdown()
-		endStreams()
-		s.gracefulStop(gs)
-		if metricsSrv != nil {
+		r.health.Shutdown()
+		r.endStreams()
+		s.gracefulStop(r.grpc)
+		if r.metrics != nil {
 			sctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 			defer cancel()
-			_ = metricsSrv.Shutdown(sctx)
+			_ = r.metrics.Shutdown(sctx)
 		}
 		return nil
 	})
 	close(s.ready)
-	s.log.Info("serving", "address", lis.Addr().String(), "replica", replica, "advertise", advertise, "tls", s.tls != nil, "client_certificates", authz != nil,
-		"reflection", !s.cfg.DisableReflection, "etcd", endpoints, "metrics", addrString(s.MetricsAddr()))
-	err = g.Wait()
+	s.log.Info("serving", "address", r.lis.Addr().String(), "replica", r.replica, "advertise", r.advertise, "tls", s.tls != nil,
+		"client_certificates", r.authz != nil, "reflection", !s.cfg.DisableReflection, "etcd", r.endpoints, "metrics", addrString(s.MetricsAddr()))
+	err := g.Wait()
 	s.log.Info("stopped", "error", err)
 	return err
 }
