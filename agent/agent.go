@@ -1,7 +1,9 @@
 // Package agent is halo-agent: the per-node TCP proxy that follows the
 // control plane over xDS. It wires the xDS client, the on-disk cache of the
-// last ACKed configuration, the proxy (listeners and balancing), the relay
-// engine (bytes) and the admin HTTP server (metrics, health, readiness).
+// last ACKed configuration, the proxy (listeners and which endpoint each
+// client tries), the relay engine (it accepts, connects upstream with
+// failover and moves the bytes) and the admin HTTP server (metrics, health,
+// readiness).
 package agent
 
 import (

@@ -23,6 +23,7 @@ import (
 	"github.com/halolb/halo/internal/identity"
 	"github.com/halolb/halo/internal/pki"
 	"github.com/halolb/halo/internal/waitfor"
+	"github.com/halolb/halo/internal/xdscontract"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/servertest"
 )
@@ -223,7 +224,7 @@ func deltaAs(ctx context.Context, conn *grpc.ClientConn, cluster, node string) (
 		return nil, err
 	}
 	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: node, Cluster: cluster},
-		TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster"}); err != nil {
+		TypeUrl: xdscontract.ClusterType}); err != nil {
 		return nil, err
 	}
 	_, err = s.Recv()
@@ -260,7 +261,7 @@ func TestMTLSNodeSubscribesOnlyAsItself(t *testing.T) {
 	// Later requests are checked too: the same stream cannot turn into
 	// another node.
 	if err := s.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "worker-2", Cluster: "prod"},
-		TypeUrl: "type.googleapis.com/envoy.config.listener.v3.Listener"}); err != nil {
+		TypeUrl: xdscontract.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
 	waitfor.Nil(t, 10*time.Second, "stream ended with PermissionDenied", func() error {

@@ -41,10 +41,10 @@ type Election struct {
 // It returns nil after ctx ends, once lead has returned.
 func (e *Election) Run(ctx context.Context, lead func(ctx context.Context)) error {
 	if e.Client == nil || e.Name == "" {
-		return errors.New("health: election: Client and Name are required")
+		return errors.New("prober: election: Client and Name are required")
 	}
 	if err := store.CheckPrefix(e.Prefix); err != nil {
-		return fmt.Errorf("health: election: Prefix: %w", err)
+		return fmt.Errorf("prober: election: Prefix: %w", err)
 	}
 	log := e.Logger
 	if log == nil {
@@ -112,7 +112,7 @@ func (e *Election) term(ctx context.Context, ttl time.Duration, log *slog.Logger
 func Leader(ctx context.Context, client *clientv3.Client, prefix string) (string, error) {
 	resp, err := client.Get(ctx, store.NewKeys(prefix).ProberElectionPrefix(), clientv3.WithFirstCreate()...)
 	if err != nil {
-		return "", fmt.Errorf("health: leader: %w", err)
+		return "", fmt.Errorf("prober: leader: %w", err)
 	}
 	if len(resp.Kvs) == 0 {
 		return "", nil

@@ -20,7 +20,8 @@ import (
 	"github.com/halolb/halo/internal/xdscontract"
 )
 
-// The resources' stable names (DESIGN.md, "xDS mapping").
+// The resources' stable names (docs/design.md, "xDS mapping"): agents,
+// Envoy bootstraps and dashboards refer to them.
 const (
 	ListenerAPIServerLocal = "apiserver-local"
 	ListenerAPIServerVIP   = "apiserver-vip"

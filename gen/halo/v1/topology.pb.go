@@ -549,7 +549,7 @@ type Etcd struct {
 	LocalLb bool `protobuf:"varint,6,opt,name=local_lb,json=localLb,proto3" json:"local_lb,omitempty"`
 	// The etcd local load balancer's port. Default: follows client_port.
 	LocalLbPort uint32 `protobuf:"varint,7,opt,name=local_lb_port,json=localLbPort,proto3" json:"local_lb_port,omitempty"`
-	// How etcd members are health-checked (GET <scheme>://aip:client_port/health).
+	// How etcd members are health-checked (GET https://aip:client_port/health).
 	HealthCheck   *HealthCheck `protobuf:"bytes,8,opt,name=health_check,json=healthCheck,proto3" json:"health_check,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
