@@ -16,7 +16,6 @@ import (
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/halolb/halo/internal/xdscontract"
 )
@@ -203,7 +202,7 @@ func (s *sotwStream) recv() (*response, error) {
 		s.nonces[r.typeURL] = r.nonce // not unknown types: they would grow the map without end
 	}
 	for i, a := range m.GetResources() {
-		name, err := resourceName(a)
+		name, err := xdscontract.PackedName(a)
 		if err != nil && r.invalid == nil {
 			r.invalid = fmt.Errorf("resource %d of the response: %w", i, err)
 		}
@@ -231,19 +230,4 @@ func (s *sotwStream) subscribeEndpoints(names []string, edsVersion string) error
 	s.eds = names
 	return s.send(&discoveryv3.DiscoveryRequest{TypeUrl: xdscontract.EndpointType, VersionInfo: edsVersion,
 		ResourceNames: names, ResponseNonce: s.nonces[xdscontract.EndpointType]})
-}
-
-// resourceName reads the name of a packed listener, cluster or endpoints.
-func resourceName(a *anypb.Any) (string, error) {
-	m, err := a.UnmarshalNew()
-	if err != nil {
-		return "", err
-	}
-	switch v := m.(type) {
-	case interface{ GetClusterName() string }:
-		return v.GetClusterName(), nil
-	case interface{ GetName() string }:
-		return v.GetName(), nil
-	}
-	return "", fmt.Errorf("a %s has no name", a.GetTypeUrl())
 }

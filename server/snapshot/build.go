@@ -87,7 +87,7 @@ func Build(in Input) *Result {
 		}
 		var rs *Resource
 		if err == nil {
-			rs, err = newResource(resourceName(m), m, clusters...)
+			rs, err = newResource(xdscontract.Name(m), m, clusters...)
 		}
 		if err != nil {
 			failed[key] = fmt.Sprintf("%s is invalid: %v", key, err)
@@ -213,16 +213,6 @@ func validate(m proto.Message) error {
 		return v.ValidateAll()
 	}
 	return nil
-}
-
-func resourceName(m proto.Message) string {
-	switch v := m.(type) {
-	case *endpointv3.ClusterLoadAssignment:
-		return v.GetClusterName()
-	case interface{ GetName() string }:
-		return v.GetName()
-	}
-	return ""
 }
 
 // tcpListener is a listener on addr:port whose one filter proxies TCP to

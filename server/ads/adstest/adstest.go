@@ -28,6 +28,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+
+	"github.com/halolb/halo/internal/xdscontract"
 )
 
 // Event is one response the client got.
@@ -260,7 +262,7 @@ func (c *Client) runSotW(ctx context.Context, ads discoveryv3.AggregatedDiscover
 		ev := Event{TypeURL: resp.GetTypeUrl(), Nonce: resp.GetNonce(), Version: resp.GetVersionInfo(), Resources: map[string]*anypb.Any{},
 			At: time.Now(), Bytes: proto.Size(resp)}
 		for _, a := range resp.GetResources() {
-			name, err := resourceName(a)
+			name, err := xdscontract.PackedName(a)
 			if err != nil {
 				return err
 			}
@@ -312,21 +314,6 @@ func streamError(err error, recv func() error) error {
 		}
 	}
 	return err
-}
-
-// resourceName reads the name of a packed Envoy resource.
-func resourceName(a *anypb.Any) (string, error) {
-	m, err := a.UnmarshalNew()
-	if err != nil {
-		return "", err
-	}
-	switch v := m.(type) {
-	case interface{ GetClusterName() string }:
-		return v.GetClusterName(), nil
-	case interface{ GetName() string }:
-		return v.GetName(), nil
-	}
-	return "", fmt.Errorf("adstest: %s has no name", a.GetTypeUrl())
 }
 
 // Held returns what the client holds of a type: name → version (SotW: the
