@@ -312,6 +312,12 @@ func (st *state) target(ts *typeState, snap *snapshot.Snapshot) (out map[string]
 		}
 	case resource.ClusterType, resource.EndpointType:
 		inUse, all := st.clustersInUse()
+		if lds := st.types[resource.ListenerType]; ts.initial && (lds == nil || !lds.requested) {
+			// A Delta client that reconnects names what it holds type by
+			// type: until it has named its listeners, any cluster it holds
+			// may be in use.
+			all = true
+		}
 		cds := st.client(resource.ClusterType)
 		for name, h := range client {
 			if _, ok := out[name]; ok || !ts.subscribed(name) {
@@ -374,6 +380,13 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 		}
 		target, deferred := st.target(ts, snap)
 		st.deferred = st.deferred || deferred
+		if deferred && !st.delta && !ts.responded {
+			// A SotW response is the whole set, and on a new stream the
+			// server does not know what the client holds: a first answer
+			// without the listeners waiting for their clusters would take
+			// them from a client that has them from an earlier stream.
+			continue
+		}
 		var r *response
 		if st.delta {
 			r = st.deltaResponse(ts, snap, target)
