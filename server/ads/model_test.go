@@ -174,8 +174,8 @@ type client struct {
 	nacked        map[string]map[string]string
 	nackedRemoval map[string]map[string]bool
 	nackedSotW    map[string]string
-	// fresh: a SotW type that got no response on this stream yet (the
-	// server cannot know what the client holds from before).
+	// fresh: a SotW type that accepted no response on this stream yet
+	// (the server cannot know what the client holds from before).
 	fresh map[string]bool
 
 	// log is every response and request, for failure messages.
@@ -296,9 +296,14 @@ func (c *client) receive(ev adstest.Event) {
 	if c.srv != nil {
 		snap := c.cache.Lookup(c.node.GetCluster(), c.node.GetId()).Snapshot
 		for n := range before {
-			if _, ok := after[n]; !ok && c.subscribed(t, n) && snap.Get(t, n) != nil {
-				c.failf("%s %s was removed, but the cache still has it for the node", short(t), n)
+			r := snap.Get(t, n)
+			if _, ok := after[n]; ok || !c.subscribed(t, n) || r == nil {
+				continue
 			}
+			if slices.ContainsFunc(r.Clusters, c.refused) {
+				continue // the client gave up a cluster the listener needs
+			}
+			c.failf("%s %s was removed, but the cache still has it for the node", short(t), n)
 		}
 	}
 	// Make before break.
@@ -306,10 +311,13 @@ func (c *client) receive(ev adstest.Event) {
 	case ldsT:
 		cds, eds := c.effective(cdsT), c.effective(edsT)
 		for n := range ev.Resources {
+			if h, ok := before[n]; ok && bytes.Equal(h.content, after[n].content) {
+				continue // SotW: the whole set, this one unchanged
+			}
 			for _, cl := range after[n].clusters {
 				_, okc := cds[cl]
 				_, oke := eds[cl]
-				if !okc || !oke {
+				if (!okc || !oke) && c.subscribed(cdsT, cl) && c.subscribed(edsT, cl) {
 					c.failf("listener %s went out before its cluster %s (held: cluster %v, endpoints %v)", n, cl, okc, oke)
 				}
 			}
@@ -333,7 +341,6 @@ func (c *client) receive(ev adstest.Event) {
 	}
 	c.pending[t] = &ev
 	c.lastNonce[t] = ev.Nonce
-	delete(c.fresh, t)
 }
 
 func (c *client) receiveAll(out []proto.Message, err error) {
@@ -452,6 +459,7 @@ func (c *client) ack(t string) bool {
 	}
 	c.acked[t] = c.apply(c.acked[t], p)
 	delete(c.pending, t)
+	delete(c.fresh, t)
 	if c.stream == nil {
 		return true // replaying a network client's responses
 	}
@@ -539,6 +547,11 @@ func (c *client) stale(t string, pick int) {
 		nonce = old[pick/2%len(old)]
 	}
 	if c.delta {
+		if !c.requested[t] {
+			// A first request without names is a (legacy) wildcard
+			// subscription, whatever its nonce.
+			c.requested[t], c.wildcard[t] = true, true
+		}
 		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: nonce})
 	} else {
 		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResponseNonce: nonce, VersionInfo: c.ackedVersion(t), ResourceNames: c.sotwNames(t)})
@@ -602,6 +615,7 @@ func (c *client) sotwRequest(t string) {
 	if p := c.pending[t]; p != nil {
 		c.acked[t] = c.apply(c.acked[t], p)
 		delete(c.pending, t)
+		delete(c.fresh, t)
 	}
 	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResponseNonce: c.lastNonce[t], VersionInfo: c.ackedVersion(t), ResourceNames: c.sotwNames(t)})
 	if t == cdsT && c.follow {
@@ -760,9 +774,7 @@ func (c *client) heldBack(t, n string, w *snapshot.Resource, held bool) bool {
 	case ldsT:
 		if w != nil {
 			for _, cl := range w.Clusters {
-				_, okc := c.acked[cdsT][cl]
-				_, oke := c.acked[edsT][cl]
-				if !okc || !oke {
+				if !c.known(cdsT, cl) || !c.known(edsT, cl) {
 					return true
 				}
 			}
@@ -774,6 +786,25 @@ func (c *client) heldBack(t, n string, w *snapshot.Resource, held bool) bool {
 		}
 	}
 	return false
+}
+
+// refused says whether the client gave up a cluster or its endpoints: it
+// is not subscribed to them, or refused them (standing NACK).
+func (c *client) refused(cl string) bool {
+	for _, t := range []string{cdsT, edsT} {
+		if !c.subscribed(t, cl) || c.nackedSotW[t] != "" || c.nacked[t][cl] != "" || c.nackedRemoval[t][cl] {
+			return true
+		}
+	}
+	return false
+}
+
+// known says whether the server can know that the client holds t/n: it
+// holds it, and said so on this stream (Delta), or got it on this stream
+// (SotW, whose requests do not say what the client holds).
+func (c *client) known(t, n string) bool {
+	_, ok := c.acked[t][n]
+	return ok && c.requested[t] && (c.delta || !c.fresh[t])
 }
 
 // world is the topology the cache's snapshots are built from, changed step

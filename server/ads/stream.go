@@ -272,7 +272,15 @@ func (st *state) handle(req *request, snap *snapshot.Snapshot, now time.Time) (n
 			ts.wildcard = false
 		} else {
 			delete(ts.names, n)
-			delete(ts.acked, n) // the client drops what it unsubscribes from
+		}
+	}
+	if len(req.unsubscribe) > 0 {
+		// The client drops what it is no longer subscribed to (a name
+		// the wildcard still covers stays).
+		for n := range ts.acked {
+			if !ts.subscribed(n) {
+				delete(ts.acked, n)
+			}
 		}
 	}
 	return nacked
@@ -380,11 +388,12 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 		}
 		target, deferred := st.target(ts, snap)
 		st.deferred = st.deferred || deferred
-		if deferred && !st.delta && !ts.responded {
+		if deferred && !st.delta && !ts.responded && st.clustersUnsettled() {
 			// A SotW response is the whole set, and on a new stream the
 			// server does not know what the client holds: a first answer
-			// without the listeners waiting for their clusters would take
-			// them from a client that has them from an earlier stream.
+			// without the listeners waiting for clusters on their way
+			// would take them from a client that has them from an earlier
+			// stream.
 			continue
 		}
 		var r *response
@@ -405,6 +414,14 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 		out = append(out, r)
 	}
 	return out
+}
+
+// clustersUnsettled reports whether clusters or endpoints may still be on
+// their way to the client: a response of either in flight, or endpoints
+// not subscribed to yet.
+func (st *state) clustersUnsettled() bool {
+	cds, eds := st.types[resource.ClusterType], st.types[resource.EndpointType]
+	return (cds != nil && cds.inflight != nil) || eds == nil || !eds.requested || eds.inflight != nil
 }
 
 // resolve fills in the content of resources the client named by version
