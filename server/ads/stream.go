@@ -94,7 +94,9 @@ func (ts *typeState) client() map[string]have {
 		out[n] = h
 	}
 	for n, h := range in.set {
-		out[n] = h
+		if ts.subscribed(n) { // else unsubscribed since: the client drops it
+			out[n] = h
+		}
 	}
 	for _, n := range in.removed {
 		delete(out, n)
@@ -109,7 +111,9 @@ func (ts *typeState) ack(now time.Time) {
 		ts.acked = in.set
 	} else {
 		for n, h := range in.set {
-			ts.acked[n] = h
+			if ts.subscribed(n) { // else unsubscribed since: the client drops it
+				ts.acked[n] = h
+			}
 		}
 		for _, n := range in.removed {
 			delete(ts.acked, n)
