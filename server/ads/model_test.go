@@ -278,7 +278,7 @@ func (c *client) receive(ev adstest.Event) {
 			delete(c.nacked[t], n)
 		}
 	} else {
-		if v := c.nackedSotW[t]; v != "" && v == ev.Version {
+		if v, ok := c.nackedSotW[t]; ok && v == ev.Version {
 			c.failf("%s version %s was refused, and is sent again unchanged", short(t), v)
 		}
 		delete(c.nackedSotW, t)
@@ -712,7 +712,7 @@ func (c *client) converged() {
 		if !c.requested[t] {
 			continue
 		}
-		if c.nackedSotW[t] != "" {
+		if _, ok := c.nackedSotW[t]; ok {
 			exact = false
 			continue
 		}
@@ -792,7 +792,8 @@ func (c *client) heldBack(t, n string, w *snapshot.Resource, held bool) bool {
 // is not subscribed to them, or refused them (standing NACK).
 func (c *client) refused(cl string) bool {
 	for _, t := range []string{cdsT, edsT} {
-		if !c.subscribed(t, cl) || c.nackedSotW[t] != "" || c.nacked[t][cl] != "" || c.nackedRemoval[t][cl] {
+		_, sotwNack := c.nackedSotW[t]
+		if !c.subscribed(t, cl) || sotwNack || c.nacked[t][cl] != "" || c.nackedRemoval[t][cl] {
 			return true
 		}
 	}

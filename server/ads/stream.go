@@ -67,6 +67,8 @@ type typeState struct {
 	nacked        map[string]string
 	nackedRemoval map[string]bool
 	nackedVersion string
+	// sotwNacked: nackedVersion is set (the version of an empty set is "").
+	sotwNacked bool
 
 	ackedAt  time.Time
 	lastNack *nack
@@ -122,7 +124,7 @@ func (ts *typeState) ack(now time.Time) {
 	for n := range in.set {
 		delete(ts.nacked, n)
 	}
-	ts.nackedVersion = ""
+	ts.nackedVersion, ts.sotwNacked = "", false
 	ts.ackedAt = now
 }
 
@@ -135,7 +137,7 @@ func (ts *typeState) nack(message string, now time.Time) {
 	for _, n := range in.removed {
 		ts.nackedRemoval[n] = true
 	}
-	ts.nackedVersion = in.version
+	ts.nackedVersion, ts.sotwNacked = in.version, true
 	ts.lastNack = &nack{version: in.version, message: message, at: now}
 }
 
@@ -528,7 +530,7 @@ func (st *state) sotwResponse(ts *typeState, snap *snapshot.Snapshot, target map
 	if ts.responded && v == typeVersion(snap, ts.url, versions(ts.client())) {
 		return nil
 	}
-	if v == ts.nackedVersion && v != "" {
+	if ts.sotwNacked && v == ts.nackedVersion {
 		return nil // refused: not again until it changes
 	}
 	return &response{typeURL: ts.url, set: target, full: true, version: v}
