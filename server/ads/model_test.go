@@ -174,6 +174,9 @@ type client struct {
 	nacked        map[string]map[string]string
 	nackedRemoval map[string]map[string]bool
 	nackedSotW    map[string]string
+	// named: listeners a Delta client named at reconnect and got nothing
+	// of since, whose content the server may not know.
+	named map[string]bool
 	// fresh: a SotW type that accepted no response on this stream yet
 	// (the server cannot know what the client holds from before).
 	fresh map[string]bool
@@ -323,7 +326,9 @@ func (c *client) receive(ev adstest.Event) {
 			}
 		}
 	case cdsT, edsT:
-		if c.fresh[t] {
+		if c.fresh[t] || c.fresh[ldsT] {
+			// SotW: the server cannot know what the client holds
+			// from an earlier stream until it accepts a response.
 			break
 		}
 		lds, cds := c.effective(ldsT), c.effective(cdsT)
@@ -429,6 +434,12 @@ func (c *client) open() {
 	c.nackedRemoval = map[string]map[string]bool{}
 	c.nackedSotW = map[string]string{}
 	c.fresh = map[string]bool{}
+	c.named = map[string]bool{}
+	if c.delta {
+		for n := range c.acked[ldsT] {
+			c.named[n] = true
+		}
+	}
 	c.responses = 0
 	for _, t := range types {
 		c.names[t] = map[string]bool{}
@@ -460,6 +471,11 @@ func (c *client) ack(t string) bool {
 	c.acked[t] = c.apply(c.acked[t], p)
 	delete(c.pending, t)
 	delete(c.fresh, t)
+	if t == ldsT {
+		for n := range p.Resources {
+			delete(c.named, n)
+		}
+	}
 	if c.stream == nil {
 		return true // replaying a network client's responses
 	}
@@ -547,12 +563,14 @@ func (c *client) stale(t string, pick int) {
 		nonce = old[pick/2%len(old)]
 	}
 	if c.delta {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: nonce}
 		if !c.requested[t] {
 			// A first request without names is a (legacy) wildcard
-			// subscription, whatever its nonce.
+			// subscription, whatever its nonce; it names what it holds.
 			c.requested[t], c.wildcard[t] = true, true
+			req.InitialResourceVersions = c.versions(t)
 		}
-		c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: t, ResponseNonce: nonce})
+		c.send(req)
 	} else {
 		c.send(&discoveryv3.DiscoveryRequest{TypeUrl: t, ResponseNonce: nonce, VersionInfo: c.ackedVersion(t), ResourceNames: c.sotwNames(t)})
 	}
@@ -717,10 +735,18 @@ func (c *client) converged() {
 			continue
 		}
 		want := map[string]*snapshot.Resource{}
+		waiting := false // a listener waits for clusters the server does not know the client has
 		for n, r := range snap.Resources[t] {
 			if c.subscribed(t, n) {
 				want[n] = r
+				waiting = waiting || c.heldBack(t, n, r, true)
 			}
+		}
+		if t == ldsT && !c.delta && c.fresh[t] && waiting {
+			// A first SotW listener answer waits for every listener's
+			// clusters, not to take from the client what it holds.
+			exact = false
+			continue
 		}
 		have := c.acked[t]
 		names := map[string]bool{}
@@ -783,6 +809,9 @@ func (c *client) heldBack(t, n string, w *snapshot.Resource, held bool) bool {
 		_, okc := c.acked[cdsT][n]
 		if w == nil && held && (t == cdsT || okc) && usedBy(c.acked[ldsT], n) != "" {
 			return true
+		}
+		if w == nil && held && slices.ContainsFunc(slices.Collect(maps.Keys(c.named)), func(l string) bool { _, ok := c.acked[ldsT][l]; return ok }) {
+			return true // a listener the server may not know keeps every cluster
 		}
 	}
 	return false
