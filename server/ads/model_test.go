@@ -336,8 +336,9 @@ func (c *client) receive(ev adstest.Event) {
 			if _, ok := after[n]; ok || !c.subscribed(t, n) {
 				continue
 			}
-			if _, ok := cds[n]; t == edsT && !ok {
-				continue
+			_, cdsNack := c.nackedSotW[cdsT]
+			if _, ok := cds[n]; t == edsT && (!ok || cdsNack || c.nacked[cdsT][n] != "") {
+				continue // the server keeps endpoints for the clusters it knows the client has
 			}
 			if l := usedBy(lds, n); l != "" {
 				c.failf("%s %s was removed while the client holds listener %s, which sends to it", short(t), n, l)
