@@ -96,9 +96,7 @@ func (ts *typeState) client() map[string]have {
 		out[n] = h
 	}
 	for n, h := range in.set {
-		if ts.subscribed(n) { // else unsubscribed since: the client drops it
-			out[n] = h
-		}
+		out[n] = h
 	}
 	for _, n := range in.removed {
 		delete(out, n)
