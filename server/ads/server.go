@@ -205,12 +205,17 @@ func (s *Server) StreamAggregatedResources(gs grpc.BidiStreamingServer[discovery
 		if err != nil {
 			return nil, err
 		}
-		r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(), names: m.GetResourceNames()}
-		if m.GetErrorDetail() != nil {
-			r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
-		}
-		return r, nil
+		return sotwRequest(m), nil
 	})
+}
+
+// sotwRequest reduces a state-of-the-world request to what the state needs.
+func sotwRequest(m *discoveryv3.DiscoveryRequest) *request {
+	r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(), names: m.GetResourceNames()}
+	if m.GetErrorDetail() != nil {
+		r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
+	}
+	return r
 }
 
 // DeltaAggregatedResources serves a Delta (incremental) ADS stream.
@@ -221,13 +226,18 @@ func (s *Server) DeltaAggregatedResources(gs grpc.BidiStreamingServer[discoveryv
 		if err != nil {
 			return nil, err
 		}
-		r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(),
-			subscribe: m.GetResourceNamesSubscribe(), unsubscribe: m.GetResourceNamesUnsubscribe(), initial: m.GetInitialResourceVersions()}
-		if m.GetErrorDetail() != nil {
-			r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
-		}
-		return r, nil
+		return deltaRequest(m), nil
 	})
+}
+
+// deltaRequest reduces a Delta request to what the state needs.
+func deltaRequest(m *discoveryv3.DeltaDiscoveryRequest) *request {
+	r := &request{typeURL: m.GetTypeUrl(), node: m.GetNode(), nonce: m.GetResponseNonce(),
+		subscribe: m.GetResourceNamesSubscribe(), unsubscribe: m.GetResourceNamesUnsubscribe(), initial: m.GetInitialResourceVersions()}
+	if m.GetErrorDetail() != nil {
+		r.nack, r.errorMessage = true, m.GetErrorDetail().GetMessage()
+	}
+	return r
 }
 
 // serve runs a stream until the client ends it, it fails, or the server

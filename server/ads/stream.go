@@ -68,6 +68,8 @@ type typeState struct {
 	nacked        map[string]string
 	nackedRemoval map[string]bool
 	nackedVersion string
+	// sotwNacked: nackedVersion is set (the version of an empty set is "").
+	sotwNacked bool
 
 	ackedAt  time.Time
 	lastNack *nack
@@ -110,7 +112,9 @@ func (ts *typeState) ack(now time.Time) {
 		ts.acked = in.set
 	} else {
 		for n, h := range in.set {
-			ts.acked[n] = h
+			if ts.subscribed(n) { // else unsubscribed since: the client drops it
+				ts.acked[n] = h
+			}
 		}
 		for _, n := range in.removed {
 			delete(ts.acked, n)
@@ -119,7 +123,7 @@ func (ts *typeState) ack(now time.Time) {
 	for n := range in.set {
 		delete(ts.nacked, n)
 	}
-	ts.nackedVersion = ""
+	ts.nackedVersion, ts.sotwNacked = "", false
 	ts.ackedAt = now
 }
 
@@ -132,7 +136,7 @@ func (ts *typeState) nack(message string, now time.Time) {
 	for _, n := range in.removed {
 		ts.nackedRemoval[n] = true
 	}
-	ts.nackedVersion = in.version
+	ts.nackedVersion, ts.sotwNacked = in.version, true
 	ts.lastNack = &nack{version: in.version, message: message, at: now}
 }
 
@@ -273,7 +277,15 @@ func (st *state) handle(req *request, snap *snapshot.Snapshot, now time.Time) (n
 			ts.wildcard = false
 		} else {
 			delete(ts.names, n)
-			delete(ts.acked, n) // the client drops what it unsubscribes from
+		}
+	}
+	if len(req.unsubscribe) > 0 {
+		// The client drops what it is no longer subscribed to (a name
+		// the wildcard still covers stays).
+		for n := range ts.acked {
+			if !ts.subscribed(n) {
+				delete(ts.acked, n)
+			}
 		}
 	}
 	return nacked
@@ -313,6 +325,12 @@ func (st *state) target(ts *typeState, snap *snapshot.Snapshot) (out map[string]
 		}
 	case resource.ClusterType, resource.EndpointType:
 		inUse, all := st.clustersInUse()
+		if lds := st.types[resource.ListenerType]; ts.initial && (lds == nil || !lds.requested) {
+			// A Delta client that reconnects names what it holds type by
+			// type: until it has named its listeners, any cluster it holds
+			// may be in use.
+			all = true
+		}
 		cds := st.client(resource.ClusterType)
 		for name, h := range client {
 			if _, ok := out[name]; ok || !ts.subscribed(name) {
@@ -375,6 +393,14 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 		}
 		target, deferred := st.target(ts, snap)
 		st.deferred = st.deferred || deferred
+		if deferred && !st.delta && !ts.responded && st.clustersUnsettled() {
+			// A SotW response is the whole set, and on a new stream the
+			// server does not know what the client holds: a first answer
+			// without the listeners waiting for clusters on their way
+			// would take them from a client that has them from an earlier
+			// stream.
+			continue
+		}
 		var r *response
 		if st.delta {
 			r = st.deltaResponse(ts, snap, target)
@@ -393,6 +419,14 @@ func (st *state) next(snap *snapshot.Snapshot, now time.Time) []*response {
 		out = append(out, r)
 	}
 	return out
+}
+
+// clustersUnsettled reports whether clusters or endpoints may still be on
+// their way to the client: a response of either in flight, or endpoints
+// not subscribed to yet.
+func (st *state) clustersUnsettled() bool {
+	cds, eds := st.types[resource.ClusterType], st.types[resource.EndpointType]
+	return (cds != nil && cds.inflight != nil) || eds == nil || !eds.requested || eds.inflight != nil
 }
 
 // resolve fills in the content of resources the client named by version
@@ -495,7 +529,7 @@ func (st *state) sotwResponse(ts *typeState, snap *snapshot.Snapshot, target map
 	if ts.responded && v == typeVersion(snap, ts.url, versions(ts.client())) {
 		return nil
 	}
-	if v == ts.nackedVersion && v != "" {
+	if ts.sotwNacked && v == ts.nackedVersion {
 		return nil // refused: not again until it changes
 	}
 	return &response{typeURL: ts.url, set: target, full: true, version: v}
