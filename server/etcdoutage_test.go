@@ -106,8 +106,10 @@ func TestXDSServesThroughEtcdOutage(t *testing.T) {
 		t.Skip("etcd outage test")
 	}
 	etcd := servertest.NewEtcd(t)
+	// The request timeout bounds the refused writes during the outage;
+	// the writes before and after it must not hit it on a loaded machine.
 	named := func(name string) servertest.Option {
-		return func(c *server.Config) { c.ReplicaName, c.EtcdRequestTimeout = name, time.Second }
+		return func(c *server.Config) { c.ReplicaName, c.EtcdRequestTimeout = name, 3*time.Second }
 	}
 	a := servertest.New(t, servertest.WithEtcd(etcd), named("replica-a"))
 	b := servertest.New(t, servertest.WithEtcd(etcd), named("replica-b"))
@@ -225,7 +227,10 @@ func TestXDSCatchesUpAfterCompaction(t *testing.T) {
 	link.SetTarget("unix", socket)
 	logs := &logRecorder{}
 	a := servertest.New(t, servertest.WithEtcdEndpoints(link.URL()), func(c *server.Config) {
-		c.ReplicaName, c.EtcdRequestTimeout, c.ReplicaTTL = "replica-a", time.Second, 2*time.Second
+		// Short enough that the cut-off outlives a's registration soon;
+		// long enough that a loaded machine neither fails a's writes
+		// before the cut nor lets its lease lapse while the link is up.
+		c.ReplicaName, c.EtcdRequestTimeout, c.ReplicaTTL = "replica-a", 3*time.Second, 3*time.Second
 		c.Logger = slog.New(&recordingHandler{Handler: c.Logger.Handler(), r: logs})
 	})
 	b := servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.ReplicaName = "replica-b" })
