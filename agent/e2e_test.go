@@ -152,7 +152,7 @@ func newEnv(t *testing.T) *env {
 		e.addMasterServer(fmt.Sprintf("master-%d", i), i)
 	}
 	ctx := ctxT(t)
-	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp)}}
+	c := &halov1.Cluster{Name: clusterName, Apiserver: &halov1.ApiServer{Port: uint32(e.port), LocalLbPort: uint32(e.nsp), HealthCheck: steadyProbes()}}
 	if _, err := e.tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: c}); err != nil {
 		t.Fatal(err)
 	}
