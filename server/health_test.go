@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	halov1 "github.com/halolb/halo/gen/halo/v1"
+	"github.com/halolb/halo/internal/waitfor"
 	"github.com/halolb/halo/server"
 	"github.com/halolb/halo/server/ads/adstest"
 	"github.com/halolb/halo/server/servertest"
@@ -39,6 +40,14 @@ func fakeAPIServer(t *testing.T, addr string, code int) string {
 	return ln.Addr().String()
 }
 
+// steadyProbes is the health check of the tests whose healthy masters must
+// read (and stay) healthy: a probe timeout far above what a TLS handshake
+// and a request take on a loaded machine running -race, so only a hung
+// master times out (found in about interval + fall × timeout, 2 to 3 s).
+func steadyProbes() *halov1.HealthCheck {
+	return &halov1.HealthCheck{Interval: durationpb.New(time.Second), Timeout: durationpb.New(time.Second), Rise: 2, Fall: 2}
+}
+
 // TestProberMarksBackends: one replica probes the masters; a hung one is
 // marked unhealthy (the probe times out), a 401 one alive but unverified,
 // and ListBackends shows it all with the prober's name.
@@ -52,7 +61,7 @@ func TestProberMarksBackends(t *testing.T) {
 	servertest.Hung(t, "127.0.0.52:"+port)
 	fakeAPIServer(t, "127.0.0.53:"+port, 401)
 	p, _ := strconv.Atoi(port)
-	hc := &halov1.HealthCheck{Interval: durationpb.New(100 * time.Millisecond), Timeout: durationpb.New(80 * time.Millisecond), Rise: 2, Fall: 2}
+	hc := steadyProbes()
 	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "probed",
 		Apiserver: &halov1.ApiServer{Port: uint32(p), HealthCheck: hc}}}); err != nil {
 		t.Fatal(err)
@@ -67,9 +76,8 @@ func TestProberMarksBackends(t *testing.T) {
 	want := map[string]halov1.BackendState{"m1": halov1.BackendState_BACKEND_STATE_HEALTHY,
 		"m2": halov1.BackendState_BACKEND_STATE_UNHEALTHY, "m3": halov1.BackendState_BACKEND_STATE_HEALTHY}
 	var last *halov1.ListBackendsResponse
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := sc.ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "probed"})
+	waitfor.Nil(t, 20*time.Second, "m1 and m3 healthy, m2 unhealthy", func() error {
+		resp, err := sc.ListBackends(ctxT(t), &halov1.ListBackendsRequest{Cluster: "probed"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -78,14 +86,11 @@ func TestProberMarksBackends(t *testing.T) {
 		for _, b := range resp.GetBackends() {
 			good = good && b.GetState() == want[b.GetNode()]
 		}
-		if good {
-			break
+		if !good {
+			return fmt.Errorf("backends %v", resp.GetBackends())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backends %v", resp.GetBackends())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	if last.GetProber() == "" {
 		t.Error("no prober named")
 	}
@@ -160,13 +165,12 @@ func TestOneReplicaProbesAndFailover(t *testing.T) {
 	}
 	waitProbes := func(ua string, n int) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for u.count(ua) < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s probed %d times, want %d; probes by %v", ua, u.count(ua), n, u.agents())
+		waitfor.Nil(t, 20*time.Second, fmt.Sprintf("%d probes by %s", n, ua), func() error {
+			if got := u.count(ua); got < n {
+				return fmt.Errorf("%d probes; probes by %v", got, u.agents())
 			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	waitProbes("halo-prober/replica-a", 5)
 	b := servertest.New(t, servertest.WithEtcd(e), func(c *server.Config) { c.ReplicaName = "replica-b" })
@@ -198,7 +202,7 @@ func TestOneReplicaProbesAndFailover(t *testing.T) {
 	if agents := u.agents(); len(agents) != 1 {
 		t.Fatalf("the master was probed by %v, want only halo-prober/replica-a", agents)
 	}
-	resp, err := halov1.NewStatusServiceClient(b.Conn).ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "two"})
+	resp, err := halov1.NewStatusServiceClient(b.Conn).ListBackends(ctxT(t), &halov1.ListBackendsRequest{Cluster: "two"})
 	if err != nil || resp.GetProber() != "replica-a" {
 		t.Fatalf("ListBackends on b: prober %q, %v", resp.GetProber(), err)
 	}
@@ -252,7 +256,9 @@ func TestProbeCredentials(t *testing.T) {
 		token string
 		want  halov1.BackendState
 	}{{good, halov1.BackendState_BACKEND_STATE_HEALTHY}, {bad, halov1.BackendState_BACKEND_STATE_UNHEALTHY}} {
-		hc := &halov1.HealthCheck{Interval: durationpb.New(50 * time.Millisecond), Timeout: durationpb.New(40 * time.Millisecond), BearerTokenFile: tc2.token}
+		hc := steadyProbes()
+		hc.BearerTokenFile = tc2.token
+		ctx := ctxT(t)
 		if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "creds",
 			Apiserver: &halov1.ApiServer{Port: uint32(p), HealthCheck: hc}}}); err != nil {
 			t.Fatal(err)
@@ -261,22 +267,19 @@ func TestProbeCredentials(t *testing.T) {
 			Roles: []halov1.Role{halov1.Role_ROLE_CONTROL_PLANE}}}); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			resp, err := sc.ListBackends(ctx, &halov1.ListBackendsRequest{Cluster: "creds"})
+		waitfor.Nil(t, 20*time.Second, fmt.Sprintf("token %s: m1 %v", tc2.token, tc2.want), func() error {
+			resp, err := sc.ListBackends(ctxT(t), &halov1.ListBackendsRequest{Cluster: "creds"})
 			if err != nil {
 				t.Fatal(err)
 			}
-			if b := resp.GetBackends(); len(b) == 1 && b[0].GetState() == tc2.want {
-				if b[0].GetReadinessUnverified() {
-					t.Errorf("token %s: flagged unverified though the probe has credentials", tc2.token)
-				}
-				break
+			b := resp.GetBackends()
+			if len(b) != 1 || b[0].GetState() != tc2.want {
+				return fmt.Errorf("backends %v", b)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("token %s: backends %v, want %v", tc2.token, resp.GetBackends(), tc2.want)
+			if b[0].GetReadinessUnverified() {
+				t.Errorf("token %s: flagged unverified though the probe has credentials", tc2.token)
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 }

@@ -99,6 +99,8 @@ func (e *mtlsEnv) dial(tc *tls.Config) *grpc.ClientConn {
 	return conn
 }
 
+// ctx5 is a context for one step of a test (a few RPCs): its deadline
+// bounds a stall; a test that waits between steps takes a new one.
 func ctx5(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
@@ -275,6 +277,7 @@ func TestMTLSNodeSubscribesOnlyAsItself(t *testing.T) {
 		return status.Error(codes.Unknown, "a response, not the end") // keep reading
 	})
 
+	ctx = ctx5(t) // a new step
 	_, err = deltaAs(ctx, conn, "prod", "worker-2")
 	expectCode(t, "as another node", err, codes.PermissionDenied)
 	_, err = deltaAs(ctx, conn, "dev", "worker-1")
@@ -289,11 +292,10 @@ func TestMTLSNodeSubscribesOnlyAsItself(t *testing.T) {
 // and a new client CA bundle from its files at the next handshake.
 func TestMTLSRotationWithoutRestart(t *testing.T) {
 	e := newMTLS(t)
-	ctx := ctx5(t)
 	alice := identity.UserID(td, "alice")
 	first := e.client("alice", &alice)
 	list := func(conn *grpc.ClientConn) error {
-		_, err := halov1.NewTopologyServiceClient(conn).ListClusters(ctx, &halov1.ListClustersRequest{})
+		_, err := halov1.NewTopologyServiceClient(conn).ListClusters(ctx5(t), &halov1.ListClustersRequest{})
 		return err
 	}
 	expectCode(t, "before rotation", list(first), codes.OK)
@@ -389,12 +391,16 @@ func TestMTLSReplicasAskEachOther(t *testing.T) {
 		}
 	}
 	w := identity.NodeID(td, "prod", "worker-1")
-	if _, err := deltaAs(ctx, b.client("worker-1", &w), "prod", "worker-1"); err != nil {
+	// The stream must outlive the wait below (up to 20 s): its deadline
+	// only bounds a stall of its first response.
+	streamCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := deltaAs(streamCtx, b.client("worker-1", &w), "prod", "worker-1"); err != nil {
 		t.Fatal(err)
 	}
 	sc := halov1.NewStatusServiceClient(a.client("alice", nil))
 	waitfor.Nil(t, 20*time.Second, "replica-a lists the agent on replica-b", func() error {
-		r, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{Cluster: "prod"})
+		r, err := sc.ListAgents(ctx5(t), &halov1.ListAgentsRequest{Cluster: "prod"})
 		if err != nil {
 			return err
 		}

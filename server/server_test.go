@@ -41,6 +41,8 @@ const (
 	lb = halov1.Role_ROLE_LOAD_BALANCER
 )
 
+// ctxT is a context for one step of a test (a few RPCs): its deadline
+// bounds a stall; a test that waits between steps takes a new one.
 func ctxT(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
@@ -642,21 +644,23 @@ func TestReplicasShareExternalEtcd(t *testing.T) {
 // etcd returns, health turns SERVING and writes work again.
 func TestEtcdDownAndBack(t *testing.T) {
 	etcd := servertest.NewEtcd(t)
-	srv := servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.EtcdRequestTimeout = time.Second })
+	// The request timeout bounds the write during the outage; the writes
+	// before and after it must not hit it on a loaded machine.
+	srv := servertest.New(t, servertest.WithEtcd(etcd), func(c *server.Config) { c.EtcdRequestTimeout = 3 * time.Second })
 	tc := halov1.NewTopologyServiceClient(srv.Conn)
 	hc := healthpb.NewHealthClient(srv.Conn)
-	ctx := ctxT(t)
 	seed(t, tc)
 	waitHealth(t, hc, "", healthpb.HealthCheckResponse_SERVING)
 
+	// A context per step: the outage takes a while on a loaded machine.
 	etcd.Stop()
 	waitHealth(t, hc, "", healthpb.HealthCheckResponse_NOT_SERVING)
-	_, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "during-outage"}})
+	_, err := tc.PutCluster(ctxT(t), &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "during-outage"}})
 	wantCode(t, err, codes.Unavailable)
 
 	etcd.Start()
 	waitHealth(t, hc, "", healthpb.HealthCheckResponse_SERVING)
-	if _, err := tc.PutCluster(ctx, &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "after-outage"}}); err != nil {
+	if _, err := tc.PutCluster(ctxT(t), &halov1.PutClusterRequest{Cluster: &halov1.Cluster{Name: "after-outage"}}); err != nil {
 		t.Fatal(err)
 	}
 	if names, _ := clusterNames(t, tc); !slices.Equal(names, []string{"after-outage", "prod"}) {

@@ -397,8 +397,7 @@ func TestXDSNack(t *testing.T) {
 			}
 			// ListAgents shows the refusal with its text.
 			var nackErr, nackVersion string
-			deadline := time.Now().Add(10 * time.Second)
-			for nackErr == "" && time.Now().Before(deadline) {
+			waitfor.True(t, 20*time.Second, "ListAgents shows the NACK", func() bool {
 				resp, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{Cluster: "local"})
 				if err != nil {
 					t.Fatal(err)
@@ -413,7 +412,8 @@ func TestXDSNack(t *testing.T) {
 						}
 					}
 				}
-			}
+				return nackErr != ""
+			})
 			if nackErr != "port 17443 is taken on this node" || nackVersion == "" {
 				t.Fatalf("ListAgents: nack %q version %q", nackErr, nackVersion)
 			}
@@ -542,9 +542,8 @@ func TestXDSNeverEmpty(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	cond := ""
-	for !strings.Contains(cond, "no endpoints") && time.Now().Before(deadline) {
+	waitfor.Nil(t, 20*time.Second, "ListAgents says the agent has no endpoints", func() error {
 		resp, err := sc.ListAgents(ctx, &halov1.ListAgentsRequest{Cluster: "local"})
 		if err != nil {
 			t.Fatal(err)
@@ -554,7 +553,11 @@ func TestXDSNeverEmpty(t *testing.T) {
 				cond = a.GetCondition()
 			}
 		}
-	}
+		if !strings.Contains(cond, "no endpoints") {
+			return fmt.Errorf("condition %q", cond)
+		}
+		return nil
+	})
 	if !strings.Contains(cond, "kube-apiserver, which has no endpoints") {
 		t.Fatalf("ListAgents condition %q", cond)
 	}

@@ -50,7 +50,17 @@ type Cluster struct {
 	now   func() time.Time
 	// active counts open connections over all hosts (circuit breaker).
 	active int
+	// away holds when Rebalance picked each connection whose client has
+	// not come back yet: a new connection is taken for one of them coming
+	// back (least-request places it). Rebalance counts them towards the
+	// even share until then, or for ReturnWindow, so that a client slower
+	// than a rebalancing round does not make the next round close more.
+	away []time.Time
 }
+
+// ReturnWindow is how long Rebalance expects the client of a connection it
+// closed to come back (and counts it towards the even share meanwhile).
+const ReturnWindow = time.Minute
 
 // NewCluster returns a cluster with no endpoints.
 func NewCluster(cfg *config.Cluster) *Cluster {
@@ -268,6 +278,9 @@ func (c *Cluster) Connected(h *Host, conn Conn) (release func()) {
 		h.conns = map[Conn]time.Time{}
 	}
 	h.conns[conn] = c.now()
+	if len(c.away) > 0 {
+		c.away = c.away[1:] // a client closed by Rebalance is back
+	}
 	c.mu.Unlock()
 	return func() { c.release(h, conn) }
 }
@@ -345,18 +358,24 @@ func (c *Cluster) Config() config.Cluster {
 // Rebalance picks the connections to close so that long-lived connections
 // spread evenly again after a backend returned or joined: over the usable
 // endpoints (healthy, or degraded when none is, and not ejected) it counts
-// the connections older than minAge, and takes from each endpoint above
-// the even share (rounded up, so the spread ends within one connection of
-// even) at most maxFraction of them in all (at least one), never taking an
-// endpoint below the share. It returns nothing once no endpoint is above
-// it. The caller closes them; their clients reconnect and least-request
-// places them. A connection returned is closing from then on: it is not
-// picked again, and it still counts towards the share (its client will be
-// back), until it ends.
+// their connections, young ones included, and those it closed whose
+// clients have not come back yet (within ReturnWindow: the next new
+// connection is taken for one of them, placed by least-request where the
+// fewest are); then it takes from each endpoint above the even share
+// (rounded up, so the spread ends within one connection of even) at most
+// maxFraction of that count in all (at least one), never taking an
+// endpoint below the share, and only connections older than minAge. It
+// returns nothing once no endpoint is above the share. The caller closes
+// them; their clients reconnect and least-request places them. A
+// connection returned is closing from then on: it is not picked again, and
+// counts as its client on the way back.
 func (c *Cluster) Rebalance(minAge time.Duration, maxFraction float64) []Conn {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := c.now()
+	for len(c.away) > 0 && now.Sub(c.away[0]) > ReturnWindow {
+		c.away = c.away[1:]
+	}
 	tier := config.Healthy
 	var usable []*Host
 	for pass := 0; pass < 2 && len(usable) == 0; pass++ {
@@ -370,16 +389,18 @@ func (c *Cluster) Rebalance(minAge time.Duration, maxFraction float64) []Conn {
 	if len(usable) < 2 {
 		return nil
 	}
-	staying := make([][]Conn, len(usable)) // old connections not closing
-	total := 0
+	staying := make([]int, len(usable))    // connections not closing
+	movable := make([][]Conn, len(usable)) // those older than minAge
+	total := len(c.away)
 	for i, h := range usable {
 		for conn, at := range h.conns {
-			if now.Sub(at) < minAge {
-				continue
+			if _, going := h.closing[conn]; going {
+				continue // counted in c.away
 			}
 			total++
-			if _, going := h.closing[conn]; !going {
-				staying[i] = append(staying[i], conn)
+			staying[i]++
+			if now.Sub(at) >= minAge {
+				movable[i] = append(movable[i], conn)
 			}
 		}
 	}
@@ -387,13 +408,15 @@ func (c *Cluster) Rebalance(minAge time.Duration, maxFraction float64) []Conn {
 	budget := max(1, int(maxFraction*float64(total)))
 	var out []Conn
 	for i, h := range usable {
-		for len(staying[i]) > share && len(out) < budget {
-			conn := staying[i][len(staying[i])-1]
-			staying[i] = staying[i][:len(staying[i])-1]
+		for staying[i] > share && len(movable[i]) > 0 && len(out) < budget {
+			conn := movable[i][len(movable[i])-1]
+			movable[i] = movable[i][:len(movable[i])-1]
+			staying[i]--
 			if h.closing == nil {
 				h.closing = map[Conn]struct{}{}
 			}
 			h.closing[conn] = struct{}{}
+			c.away = append(c.away, now)
 			out = append(out, conn)
 		}
 	}

@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -379,5 +380,129 @@ func TestLeastRequestCountsConnectsInProgress(t *testing.T) {
 	}
 	if total != 3+3 {
 		t.Errorf("open connections %d, want 6", total)
+	}
+}
+
+// piled is a least-request cluster of three endpoints whose 12
+// connections, opened while the second was away, sit 6/0/6; the second is
+// healthy again. open opens one more connection where least-request puts
+// it; ended releases the connections that were closed.
+type piled struct {
+	c     *upstream.Cluster
+	now   time.Time
+	conns map[*conn]func()
+}
+
+func newPiled(t *testing.T) *piled {
+	p := &piled{now: time.Unix(1000, 0), conns: map[*conn]func(){}}
+	p.c = newCluster(t, cluster(config.LeastRequest), endpoints(config.Healthy, config.Unhealthy, config.Healthy))
+	p.c.SetClock(func() time.Time { return p.now })
+	for range 12 {
+		p.open()
+	}
+	p.now = p.now.Add(time.Hour)
+	p.c.Update(cluster(config.LeastRequest), endpoints(config.Healthy, config.Healthy, config.Healthy))
+	return p
+}
+
+func (p *piled) open() {
+	cn := &conn{}
+	p.conns[cn] = p.c.Connected(p.c.Pick(nil), cn)
+}
+
+// round runs a rebalancing round, closes what it picked, and returns how
+// many that was.
+func (p *piled) round(minAge time.Duration, maxFraction float64) int {
+	got := p.c.Rebalance(minAge, maxFraction)
+	for _, cn := range got {
+		cn.Close()
+	}
+	return len(got)
+}
+
+// ended releases the closed connections and returns how many.
+func (p *piled) ended() int {
+	n := 0
+	for cn, release := range p.conns {
+		if cn.closed > 0 {
+			release()
+			delete(p.conns, cn)
+			n++
+		}
+	}
+	return n
+}
+
+func (p *piled) spread() []int {
+	var out []int
+	for _, h := range p.c.State() {
+		out = append(out, h.Active)
+	}
+	return out
+}
+
+// TestRebalanceCountsClientsOnTheirWayBack: the connections a round
+// closed still count towards the even share after they ended, until their
+// clients are back: a client slower than a round does not make the next
+// round close more than the excess.
+func TestRebalanceCountsClientsOnTheirWayBack(t *testing.T) {
+	p := newPiled(t)
+	if got := p.round(0, 0.25); got != 3 { // 25% of 12, from the two above 4
+		t.Fatalf("first round closed %d, want 3", got)
+	}
+	p.ended() // the clients are not back yet
+	if got := p.round(0, 0.25); got != 1 {
+		t.Fatalf("second round, clients still away, closed %d, want 1 (4 in all)", got)
+	}
+	for range p.ended() + 3 {
+		p.open()
+	}
+	if got := p.spread(); !slices.Equal(got, []int{4, 4, 4}) {
+		t.Fatalf("spread %v once the clients are back, want 4/4/4", got)
+	}
+	if got := p.round(0, 0.25); got != 0 {
+		t.Fatalf("%d closed once even", got)
+	}
+}
+
+// TestRebalanceReturnWindow: clients that never come back stop counting
+// towards the share after ReturnWindow.
+func TestRebalanceReturnWindow(t *testing.T) {
+	p := newPiled(t)
+	if got := p.round(0, 0.25); got != 3 {
+		t.Fatalf("first round closed %d, want 3", got)
+	}
+	p.ended()
+	p.now = p.now.Add(upstream.ReturnWindow / 2)
+	if got := p.round(0, 0.25); got != 1 {
+		t.Fatalf("within the window, clients away: closed %d, want 1", got)
+	}
+	p.ended()
+	// 4/0/4 open, and the four clients never came back.
+	p.now = p.now.Add(upstream.ReturnWindow + time.Second)
+	if got := p.round(0, 1); got != 2 {
+		t.Fatalf("after the window, 4/0/4 open: closed %d, want 2 (down to the share of 8, 3)", got)
+	}
+}
+
+// TestRebalanceCountsYoungConnections: connections younger than minAge are
+// not moved but count towards the even share, so clients that came back
+// onto the returned endpoint do not make the next rounds move more than the
+// excess.
+func TestRebalanceCountsYoungConnections(t *testing.T) {
+	p := newPiled(t)
+	moved := 0
+	for range 10 { // ten rounds, 10 s apart: the moved ones stay young
+		p.now = p.now.Add(10 * time.Second)
+		moved += p.round(time.Minute, 0.1)
+		for range p.ended() {
+			p.open() // the client is back at once
+		}
+	}
+	if moved != 4 {
+		t.Errorf("%d moved, want 4 (only the excess)", moved)
+	}
+	if got := p.spread(); !slices.Equal(got, []int{4, 4, 4}) {
+		t.Errorf("spread %v, want 4/4/4", got)
 	}
 }

@@ -90,11 +90,26 @@ func TestElectionOneLeaderAndFailover(t *testing.T) {
 	if len(resp.Kvs) == 0 {
 		t.Error("no election key")
 	}
-	// b waits while a leads (give it the time a campaign takes, then check
-	// it did not start; the leader key says the same).
-	eventually(t, "b campaigning", func() bool { return b.terms.Load() == 0 && leader() == "a" })
-	if b.leading.Load() {
+	// b waits while a leads: once b's campaign has begun (its key is
+	// under the election prefix, behind a's), b does not lead and the
+	// leader key still names a.
+	eventually(t, "b campaigning", func() bool {
+		resp, err := e.Client.Get(context.Background(), keys.ProberElectionPrefix(), clientv3.WithPrefix())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range resp.Kvs {
+			if string(kv.Value) == "b" {
+				return true
+			}
+		}
+		return false
+	})
+	if b.leading.Load() || b.terms.Load() != 0 {
 		t.Fatal("two leaders")
+	}
+	if got := leader(); got != "a" {
+		t.Fatalf("leader %q while b campaigns, want a", got)
 	}
 	// a stops (resigns): b takes over at once, without waiting for the TTL.
 	start := time.Now()

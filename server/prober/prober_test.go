@@ -72,7 +72,10 @@ func waitState(t *testing.T, r *transitions, node string, want prober.State) {
 }
 
 func TestProberFollowsBackends(t *testing.T) {
-	settings := prober.Settings{Interval: 30 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2}
+	// A timeout far above what a TLS probe takes on a loaded machine: up
+	// and flip must read healthy (two good probes in a row); only hung
+	// times out (and reads unhealthy after two timeouts, about 2 s).
+	settings := prober.Settings{Interval: 30 * time.Millisecond, Timeout: time.Second, Rise: 2, Fall: 2}
 	up := newSwitchable(t)
 	flip := newSwitchable(t)
 	hungURL := hung(t)
@@ -116,13 +119,7 @@ func TestProberFollowsBackends(t *testing.T) {
 	before := up.probes.Load()
 	flipBefore := flip.probes.Load()
 	// Wait until flip was probed a few more times: up must not have been.
-	deadline := time.Now().Add(10 * time.Second)
-	for flip.probes.Load() < flipBefore+5 {
-		if time.Now().After(deadline) {
-			t.Fatal("flip no longer probed")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitfor.True(t, 10*time.Second, "flip probed 5 more times", func() bool { return flip.probes.Load() >= flipBefore+5 })
 	if n := up.probes.Load() - before; n > 1 { // at most one probe in flight at Set
 		t.Errorf("a removed backend was probed %d more times", n)
 	}
