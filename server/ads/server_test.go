@@ -60,9 +60,13 @@ func serve(t *testing.T, shutdown context.Context) *served {
 	t.Cleanup(func() {
 		conn.Close()
 		g.Stop()
-		<-serveDone
+		if err := <-serveDone; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
 		cancel()
-		<-runDone
+		if err := <-runDone; err != nil {
+			t.Errorf("Run: %v", err)
+		}
 	})
 	s := &served{srv: srv, cache: cache, conn: conn, w: newWorld(cache, "worker-1")}
 	return s
