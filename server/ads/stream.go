@@ -68,8 +68,9 @@ type typeState struct {
 	nacked        map[string]string
 	nackedRemoval map[string]bool
 	nackedVersion string
-	// sotwNacked: nackedVersion is set (the version of an empty set is "").
-	sotwNacked bool
+	// versionNacked says nackedVersion holds a refused version: the
+	// version of an empty set is "", so "" alone cannot say.
+	versionNacked bool
 
 	ackedAt  time.Time
 	lastNack *nack
@@ -123,7 +124,7 @@ func (ts *typeState) ack(now time.Time) {
 	for n := range in.set {
 		delete(ts.nacked, n)
 	}
-	ts.nackedVersion, ts.sotwNacked = "", false
+	ts.nackedVersion, ts.versionNacked = "", false
 	ts.ackedAt = now
 }
 
@@ -136,7 +137,7 @@ func (ts *typeState) nack(message string, now time.Time) {
 	for _, n := range in.removed {
 		ts.nackedRemoval[n] = true
 	}
-	ts.nackedVersion, ts.sotwNacked = in.version, true
+	ts.nackedVersion, ts.versionNacked = in.version, true
 	ts.lastNack = &nack{version: in.version, message: message, at: now}
 }
 
@@ -529,7 +530,7 @@ func (st *state) sotwResponse(ts *typeState, snap *snapshot.Snapshot, target map
 	if ts.responded && v == typeVersion(snap, ts.url, versions(ts.client())) {
 		return nil
 	}
-	if ts.sotwNacked && v == ts.nackedVersion {
+	if ts.versionNacked && v == ts.nackedVersion {
 		return nil // refused: not again until it changes
 	}
 	return &response{typeURL: ts.url, set: target, full: true, version: v}

@@ -131,8 +131,8 @@ func (p *Publisher) Apply(ev topowatch.Event) {
 	var nodesMoved []moved
 	for _, ch := range ev.Changes {
 		name := ch.ClusterName()
-		if c, ok := ch.(topowatch.ClusterDeleted); ok {
-			delete(p.clusters, c.Cluster.GetName())
+		if _, ok := ch.(topowatch.ClusterDeleted); ok {
+			delete(p.clusters, name)
 			delete(rebuild, name)
 			p.cfg.Cache.Remove(name)
 			continue
