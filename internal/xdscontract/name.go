@@ -11,13 +11,8 @@ import (
 // cluster_name, a listener's or a cluster's name; "" for a message that
 // has neither.
 func Name(m proto.Message) string {
-	switch v := m.(type) {
-	case interface{ GetClusterName() string }:
-		return v.GetClusterName()
-	case interface{ GetName() string }:
-		return v.GetName()
-	}
-	return ""
+	n, _ := name(m)
+	return n
 }
 
 // PackedName decodes a packed resource and returns its [Name]; a body that
@@ -27,9 +22,19 @@ func PackedName(a *anypb.Any) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	switch m.(type) {
-	case interface{ GetClusterName() string }, interface{ GetName() string }:
-		return Name(m), nil
+	if n, ok := name(m); ok {
+		return n, nil
 	}
 	return "", fmt.Errorf("a %s has no name", a.GetTypeUrl())
+}
+
+// name is m's name, and whether m has a name field at all.
+func name(m proto.Message) (string, bool) {
+	switch v := m.(type) {
+	case interface{ GetClusterName() string }:
+		return v.GetClusterName(), true
+	case interface{ GetName() string }:
+		return v.GetName(), true
+	}
+	return "", false
 }
